@@ -1,0 +1,461 @@
+"""Datasets for every training stage: jsonl lines in, fixed-length tensors out.
+
+Each class reads one format of DESIGN.md §2 and returns tensors the Hugging Face way:
+`input_ids` right-padded with the pad id to exactly `max_seq_len`, and `labels` equal to
+`input_ids` where a token is learned and -100 elsewhere (not shifted: the model shifts).
+
+The published files are 1-10 GB, so nothing reads them into Python strings: `JsonlIndex`
+finds where every line starts in one numpy pass, and `__getitem__` reads and parses only
+the line it needs. Pretraining can also read the compact binary of scripts/pretokenize.py.
+"""
+import hashlib
+import json
+import os
+import sys
+from itertools import chain, islice
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+IGNORE = -100  # label of a token the loss skips (the default ignore_index of cross_entropy)
+ROLES = ("system", "user", "assistant")
+REASON_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+MAX_WARNINGS = 10  # bad lines reported one by one before counting silently
+
+
+class DataError(ValueError):
+    """A bad sample; the message names file and line, e.g. 'sft.jsonl:12: conversation has no assistant message'."""
+
+
+# --- finding lines in a large file -----------------------------------------------------
+
+class JsonlIndex:
+    """Byte offsets of the non-blank lines of a text file, found in one vectorised pass.
+
+    `bounds[k]` is where line k (0-based) starts and `bounds[-1]` is the file size; `rows`
+    lists the non-blank lines, so sample i is line rows[i], reported as line rows[i] + 1.
+    That is 16 bytes per line (160 MB for 10 M lines), cached beside the file as
+    `<file>.lines.npz` and rebuilt when the file's size or mtime changes.
+    """
+
+    def __init__(self, path, cache=True):
+        self.path = str(path)
+        stat = os.stat(self.path)
+        self.stamp = np.array([stat.st_size, stat.st_mtime_ns], np.int64)
+        self.cache_path = self.path + ".lines.npz"
+        if not (cache and self._load_cache()):
+            self.bounds, self.rows = scan_lines(self.path)
+            if cache:
+                self._save_cache()
+        self._data = None  # the file as a read-only memmap, opened on first use in each process
+
+    def __len__(self):
+        return len(self.rows)
+
+    def line(self, i):
+        """(1-based line number, raw bytes) of the i-th non-blank line."""
+        k = int(self.rows[i])
+        if self._data is None:
+            self._data = np.memmap(self.path, np.uint8, mode="r")
+        return k + 1, self._data[self.bounds[k]:self.bounds[k + 1]].tobytes()
+
+    def __getstate__(self):
+        # A memmap pickles as a full copy: DataLoader workers started by spawn reopen it instead.
+        return {**self.__dict__, "_data": None}
+
+    def _load_cache(self):
+        try:
+            with np.load(self.cache_path) as cached:
+                if not np.array_equal(cached["stamp"], self.stamp):
+                    return False
+                self.bounds, self.rows = cached["bounds"], cached["rows"]
+                return True
+        except (OSError, KeyError, ValueError):
+            return False
+
+    def _save_cache(self):
+        # temp + rename: several ranks of one run may build the same index at once.
+        tmp = f"{self.cache_path}.{os.getpid()}.tmp.npz"
+        try:
+            np.savez(tmp, stamp=self.stamp, bounds=self.bounds, rows=self.rows)
+            os.replace(tmp, self.cache_path)
+        except OSError:  # a read-only dataset folder: keep the index in memory only
+            pass
+
+
+def scan_lines(path, chunk_bytes=1 << 26):
+    """(bounds, rows) of JsonlIndex: newline positions found 64 MB at a time with numpy."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return np.zeros(1, np.int64), np.zeros(0, np.int64)
+    data = np.memmap(path, np.uint8, mode="r")
+    newlines = [np.flatnonzero(data[a:a + chunk_bytes] == ord("\n")) + a for a in range(0, size, chunk_bytes)]
+    starts = np.concatenate([[0], np.concatenate(newlines) + 1]).astype(np.int64)
+    if starts[-1] == size:  # the file ends with a newline: no line starts there
+        starts = starts[:-1]
+    bounds = np.append(starts, size)
+    # A blank line (empty, "\r", spaces) starts with a whitespace byte; jsonl lines start
+    # with "{", so only the rare candidates are checked in Python, by the rule bytes.strip() uses.
+    whitespace = np.frombuffer(b" \t\n\r\x0b\x0c", np.uint8)
+    maybe_blank = np.flatnonzero(np.isin(data[starts], whitespace))
+    keep = np.ones(len(starts), bool)
+    for k in maybe_blank:
+        keep[k] = bool(data[bounds[k]:bounds[k + 1]].tobytes().strip())
+    return bounds, np.flatnonzero(keep)
+
+
+# --- checking rows ----------------------------------------------------------------------
+
+def parse_row(raw):
+    """One jsonl line (bytes) → dict, or DataError."""
+    try:
+        row = json.loads(raw)
+    except ValueError as e:  # also catches invalid UTF-8
+        raise DataError(f"malformed JSON ({e})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def get_field(row, name, kind):
+    if name not in row:
+        raise DataError(f"missing field '{name}'")
+    if not isinstance(row[name], kind):
+        raise DataError(f"field '{name}' must be a {kind.__name__}, got {type(row[name]).__name__}")
+    return row[name]
+
+
+def check_conversation(messages, need_assistant=True):
+    if not messages:
+        raise DataError("empty conversation")
+    for n, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            raise DataError(f"message {n} is not a JSON object")
+        if message.get("role") not in ROLES:
+            raise DataError(f"message {n} has role {message.get('role')!r}, expected one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise DataError(f"message {n} has no string 'content'")
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise DataError("conversation has no assistant message")
+
+
+class _JsonlDataset(Dataset):
+    """Map-style dataset over the non-blank lines of a jsonl file; subclasses define `_encode(row)`.
+
+    A bad line raises DataError naming file:line. With skip_bad=True it is replaced by the
+    next good line instead and recorded in `bad_lines` ({line number: message}). We chose
+    substitution over validating the whole file at start-up because validation means
+    tokenizing gigabytes before the first step; the price is that `bad_lines` counts the
+    bad lines met so far, in this process (each DataLoader worker keeps its own count).
+    Substitution is deterministic, so resuming at a sample index replays the same data.
+    """
+
+    def __init__(self, path, tokenizer, max_samples=None, skip_bad=False, cache_index=True):
+        self.path, self.tokenizer, self.skip_bad = str(path), tokenizer, skip_bad
+        self.index = JsonlIndex(path, cache_index)
+        self.size = len(self.index) if max_samples is None else min(max_samples, len(self.index))
+        self.bad_lines = {}
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        for j in range(len(self)):
+            lineno, raw = self.index.line((i + j) % len(self))
+            try:
+                return self._encode(parse_row(raw))
+            except DataError as e:
+                self._bad_line(lineno, e)
+        raise DataError(f"{self.path}: no valid sample in its first {len(self)} lines")
+
+    def _bad_line(self, lineno, error):
+        message = f"{self.path}:{lineno}: {error}"
+        if not self.skip_bad:
+            raise DataError(message) from None
+        if lineno not in self.bad_lines and len(self.bad_lines) < MAX_WARNINGS:
+            print(f"skipping {message}", file=sys.stderr)
+        self.bad_lines[lineno] = message
+
+    def _encode(self, row):
+        raise NotImplementedError
+
+
+# --- pretraining ------------------------------------------------------------------------
+
+def pretrain_text(row):
+    return get_field(row, "text", str)
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def tokenizer_fingerprint(tokenizer):
+    """Short hash of the vocabulary, stored with pre-tokenized data to catch a swapped tokenizer."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(vocab.encode()).hexdigest()[:16]
+
+
+def tokenize_documents(tokenizer, lines, source, skip_bad=False, batch_size=1024):
+    """Tokenize pretraining lines, each document WITHOUT bos/eos (added when a sample is made).
+
+    lines: iterable of (line number, raw bytes); blank lines are skipped, as JsonlIndex does.
+    Returns (flat token ids, document lengths, {bad line number: message}). Ids go to numpy
+    one batch at a time: Python lists of ints cost ~36 bytes per token.
+    """
+    dtype = token_dtype(len(tokenizer))
+    parts, lengths, bad = [], [], {}
+    lines = iter(lines)
+    while batch := list(islice(lines, batch_size)):
+        texts = []
+        for lineno, raw in batch:
+            if not raw.strip():
+                continue
+            try:
+                texts.append(pretrain_text(parse_row(raw)))
+            except DataError as e:
+                if not skip_bad:
+                    raise DataError(f"{source}:{lineno}: {e}") from None
+                bad[lineno] = f"{source}:{lineno}: {e}"
+        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"] if texts else []
+        lengths += map(len, ids)
+        parts.append(np.fromiter(chain.from_iterable(ids), dtype))
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    return tokens, np.array(lengths, np.int64), bad
+
+
+def load_pretokenized(path, tokenizer):
+    """(meta, document offsets) of scripts/pretokenize.py's `<name>.bin/.idx/.json` triple."""
+    stem = str(path)[:-len(".bin")]
+    with open(stem + ".json") as f:
+        meta = json.load(f)
+    if meta["tokenizer_fingerprint"] != tokenizer_fingerprint(tokenizer):
+        raise DataError(f"{path}: pre-tokenized with another tokenizer ({meta['tokenizer']}); "
+                        "run scripts/pretokenize.py again")
+    offsets = np.fromfile(stem + ".idx", np.int64)
+    return meta, offsets
+
+
+class PretrainDataset(_JsonlDataset):
+    """Pretraining samples: every token is learned, padding is not.
+
+    path: a jsonl of {"text": ...} tokenized on the fly, or (ending in .bin) the binary of
+    scripts/pretokenize.py read through a memmap; both give the same ids.
+    pack=False, minimind's convention: a sample is one document, bos + ids + eos, cut to
+    max_seq_len (a cut document loses its eos: eos marks a real end) and right-padded.
+    Simple, and every sample starts at a document start, but short documents waste compute
+    on padding.
+    pack=True, nanoGPT's: documents are joined into one stream, bos ids eos bos ids eos ...,
+    cut into windows of max_seq_len with no padding; tokens attend across document boundaries
+    inside a window (the bos/eos markers tell the model where one ends). Windows need every
+    document's length up front, so a jsonl is tokenized at start-up: pre-tokenize large files.
+    """
+
+    def __init__(self, path, tokenizer, max_seq_len=512, pack=False, max_samples=None,
+                 skip_bad=False, cache_index=True):
+        self.path, self.tokenizer, self.max_seq_len, self.pack = str(path), tokenizer, max_seq_len, pack
+        self.bos, self.eos, self.pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.bad_lines, self.tokens, self.offsets = {}, None, None
+        if self.path.endswith(".bin"):
+            self.meta, self.offsets = load_pretokenized(self.path, tokenizer)
+            n = len(self.offsets) - 1
+        else:
+            super().__init__(path, tokenizer, None, skip_bad, cache_index)
+            n = len(self.index)
+            if pack:
+                lines = tqdm((self.index.line(i) for i in range(len(self.index))), f"tokenize {self.path}",
+                             len(self.index), unit=" docs", leave=False)
+                self.tokens, lengths, self.bad_lines = tokenize_documents(tokenizer, lines, self.path, skip_bad)
+                self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+                if self.bad_lines:
+                    print(f"skipped {len(self.bad_lines)} bad lines of {self.path}, the first: "
+                          f"{next(iter(self.bad_lines.values()))}", file=sys.stderr)
+        if pack:
+            # Document k starts at stream position offsets[k] + 2k: each earlier one added bos and eos.
+            self.doc_starts = self.offsets[:-1] + 2 * np.arange(len(self.offsets) - 1)
+            n = int(self.offsets[-1] + 2 * (len(self.offsets) - 1)) // max_seq_len  # drop the last partial window
+        self.size = n if max_samples is None else min(n, max_samples)
+
+    def __getitem__(self, i):
+        if self.offsets is None:  # on-the-fly documents: the base class reads line i
+            return super().__getitem__(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._sample(self._window(i) if self.pack else self._document(i))
+
+    def _encode(self, row):
+        ids = self.tokenizer.encode(pretrain_text(row), add_special_tokens=False)
+        return self._sample([self.bos] + ids + [self.eos])
+
+    def _document(self, k):
+        if self.tokens is None:  # opened lazily so that DataLoader workers do not pickle a copy
+            self.tokens = np.memmap(self.path, self.meta["dtype"], mode="r")
+        return [self.bos] + self.tokens[self.offsets[k]:self.offsets[k + 1]].tolist() + [self.eos]
+
+    def _window(self, i):
+        start = i * self.max_seq_len
+        k = int(np.searchsorted(self.doc_starts, start, side="right")) - 1
+        ids, skip = [], start - int(self.doc_starts[k])
+        while len(ids) < self.max_seq_len:
+            ids += self._document(k)[skip:]
+            k, skip = k + 1, 0
+        return ids
+
+    def _sample(self, ids):
+        ids = ids[:self.max_seq_len]
+        labels = ids + [IGNORE] * (self.max_seq_len - len(ids))
+        ids = ids + [self.pad] * (self.max_seq_len - len(ids))
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.path.endswith(".bin"):
+            state["tokens"] = None
+        return state
+
+
+# --- chat stages: SFT, DPO, reasoning, RL prompts ----------------------------------------
+
+def generation_prompt(tokenizer):
+    """What the chat template puts before an assistant reply, e.g. '<|im_start|>assistant\\n'."""
+    messages = [{"role": "user", "content": "x"}]
+    without = tokenizer.apply_chat_template(messages, tokenize=False)
+    with_prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not with_prompt.startswith(without) or with_prompt == without:
+        raise ValueError("the tokenizer's chat template adds no generation prompt after the messages")
+    return with_prompt[len(without):]
+
+
+class _ChatDataset(_JsonlDataset):
+    """Renders conversations with the tokenizer's chat template and masks all but assistant replies."""
+
+    def __init__(self, path, tokenizer, max_seq_len, max_samples=None, skip_bad=False, cache_index=True):
+        super().__init__(path, tokenizer, max_samples, skip_bad, cache_index)
+        self.max_seq_len = max_seq_len
+        self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        self.header = generation_prompt(tokenizer)
+        self.header_ids = tokenizer.encode(self.header, add_special_tokens=False)
+
+    def _tokenize_chat(self, messages):
+        """(ids, labels) of a whole conversation: labels cover each reply through its <|im_end|>.
+
+        The template renders once; the text is then encoded piece by piece, split at each
+        assistant header. The header thus keeps its own tokens even when a reply begins with
+        whitespace that BPE would merge into the header's "\\n": the same tokens the model
+        sees at inference, where the prompt ends with the header. Otherwise (the usual case)
+        the ids equal those of encoding the whole text at once.
+        """
+        check_conversation(messages)
+        pieces = self.tokenizer.apply_chat_template(messages, tokenize=False).split(self.header)
+        replies = sum(m["role"] == "assistant" for m in messages)
+        if len(pieces) - 1 != replies:
+            raise DataError(f"found {len(pieces) - 1} assistant headers for {replies} assistant messages "
+                            "(does a message contain chat markup?)")
+        ids = self.tokenizer.encode(pieces[0], add_special_tokens=False)
+        labels = [IGNORE] * len(ids)
+        for piece in pieces[1:]:
+            body = self.tokenizer.encode(piece, add_special_tokens=False)
+            # The reply runs through its <|im_end|>; the "\n" after it belongs to the template.
+            reply = body.index(self.eos) + 1 if self.eos in body else len(body)
+            ids += self.header_ids + body
+            labels += [IGNORE] * len(self.header_ids) + body[:reply] + [IGNORE] * (len(body) - reply)
+        return ids, labels
+
+    def _fit(self, ids, labels):
+        """Cut to max_seq_len, right-pad; a sample with nothing left to learn is an error."""
+        ids, labels = ids[:self.max_seq_len], labels[:self.max_seq_len]
+        if all(label == IGNORE for label in labels):
+            raise DataError(f"over-long: nothing left to learn after truncation to {self.max_seq_len} tokens")
+        padding = self.max_seq_len - len(ids)
+        return torch.tensor(ids + [self.pad] * padding), torch.tensor(labels + [IGNORE] * padding)
+
+
+class SFTDataset(_ChatDataset):
+    """{"conversations": [{"role", "content"}, ...]} → input_ids, labels (assistant replies only)."""
+
+    def _encode(self, row):
+        input_ids, labels = self._fit(*self._tokenize_chat(get_field(row, "conversations", list)))
+        return {"input_ids": input_ids, "labels": labels}
+
+
+class DPODataset(_ChatDataset):
+    """{"chosen": [messages], "rejected": [messages]} → chosen_/rejected_ input_ids and labels,
+    padded to the same length so a trainer can concatenate them into one batch."""
+
+    def _encode(self, row):
+        sample = {}
+        for side in ("chosen", "rejected"):
+            messages = get_field(row, side, list)
+            try:
+                ids, labels = self._fit(*self._tokenize_chat(messages))
+            except DataError as e:
+                raise DataError(f"{side}: {e}") from None
+            sample[f"{side}_input_ids"], sample[f"{side}_labels"] = ids, labels
+        return sample
+
+
+class ReasonDataset(SFTDataset):
+    """SFT plus `loss_weights`: 1 on learned tokens, `tag_weight` on the tokens of <think>,
+    </think>, <answer>, </answer> inside replies, 0 elsewhere (reasoning distillation
+    up-weights the format so the small model learns to keep it)."""
+
+    def __init__(self, path, tokenizer, max_seq_len, tag_weight=10.0, max_samples=None, skip_bad=False,
+                 cache_index=True):
+        super().__init__(path, tokenizer, max_seq_len, max_samples, skip_bad, cache_index)
+        self.tag_weight = tag_weight
+        # One id when a tag is an added token, several BPE pieces otherwise; a tag whose pieces
+        # merge with neighbouring text (e.g. " <think>") is not found, and keeps weight 1.
+        self.tag_ids = [np.array(tokenizer.encode(tag, add_special_tokens=False)) for tag in REASON_TAGS]
+
+    def _encode(self, row):
+        sample = super()._encode(row)
+        ids, learned = sample["input_ids"].numpy(), (sample["labels"] != IGNORE).numpy()
+        weights = learned.astype(np.float32)
+        for tag in self.tag_ids:
+            windows = np.lib.stride_tricks.sliding_window_view(ids, len(tag))
+            for start in np.flatnonzero((windows == tag).all(axis=1)):
+                span = slice(start, start + len(tag))
+                weights[span] = np.where(learned[span], self.tag_weight, 0.0)
+        sample["loss_weights"] = torch.from_numpy(weights)
+        return sample
+
+
+class RLPromptDataset(_ChatDataset):
+    """{"conversations": [..., {"role": "user"}, optional empty assistant], "answer": optional}
+    → prompt (text with the generation prompt), prompt_ids (unpadded), answer ("" when absent).
+    Use `collate` as the DataLoader's collate_fn: it left-pads prompts for generation."""
+
+    def __init__(self, path, tokenizer, max_prompt_len=512, max_samples=None, skip_bad=False, cache_index=True):
+        super().__init__(path, tokenizer, max_prompt_len, max_samples, skip_bad, cache_index)
+
+    def _encode(self, row):
+        messages = get_field(row, "conversations", list)
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant" \
+                and not messages[-1].get("content"):
+            messages = messages[:-1]  # minimind's RLAIF rows end with an empty reply to fill in
+        check_conversation(messages, need_assistant=False)
+        if messages[-1]["role"] != "user":
+            raise DataError(f"prompt must end with a user message, not {messages[-1]['role']}")
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        if len(ids) > self.max_seq_len:
+            raise DataError(f"over-long: prompt has {len(ids)} tokens, max_prompt_len is {self.max_seq_len}")
+        answer = row.get("answer", "")
+        if not isinstance(answer, (str, int, float)):
+            raise DataError(f"field 'answer' must be a string or number, got {type(answer).__name__}")
+        return {"prompt": prompt, "prompt_ids": torch.tensor(ids), "answer": str(answer)}
+
+    def collate(self, batch):
+        """Left-pad to the longest prompt, so generation continues every row at the same position."""
+        width = max(len(s["prompt_ids"]) for s in batch)
+        input_ids = torch.full((len(batch), width), self.pad)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, s in enumerate(batch):
+            input_ids[row, width - len(s["prompt_ids"]):] = s["prompt_ids"]
+            attention_mask[row, width - len(s["prompt_ids"]):] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "prompts": [s["prompt"] for s in batch], "answers": [s["answer"] for s in batch]}
