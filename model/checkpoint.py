@@ -1,5 +1,6 @@
 """Loading weights from `.pth` files, strictly: a checkpoint that does not fit the model is an error that
 says what is wrong, never a `strict=False` load that silently leaves the model random."""
+import json
 import os
 
 import torch
@@ -76,3 +77,94 @@ def load_weights(model: torch.nn.Module, source, name: str | None = None) -> tor
         raise CheckpointError(f"{name} does not fit the model ({'; '.join(problems)}).{describe_shape_hint(state_dict)}")
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing: atomic, so a crash or Ctrl-C mid-write never leaves a corrupt file behind.
+
+
+def atomic_write(path: str, write):
+    """Call `write(file)` on a temp file beside `path`, flush it to disk, then rename it over `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj, path: str):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_json_save(obj, path: str):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode()))
+
+
+def checkpoint_path(out_dir: str, stage: str, hidden_size: int, use_moe: bool) -> str:
+    """out/<stage>_<hidden>[_moe].pth, the name every stage and tool agrees on."""
+    return os.path.join(out_dir, f"{stage}_{hidden_size}{'_moe' if use_moe else ''}.pth")
+
+
+def meta_path(weights_path: str) -> str:
+    return os.path.splitext(weights_path)[0] + ".json"
+
+
+def save_weights(model: torch.nn.Module, path: str, meta: dict, dtype=torch.float16):
+    """The stage's product: a plain half-precision state dict plus a JSON meta (config, flags, progress)
+    beside it, so the next stage rebuilds the model without being told its size."""
+    model = unwrap(model)
+    state, converted = {}, {}
+    for key, value in model.state_dict().items():
+        if value.data_ptr() not in converted:  # tied weights stay one tensor, stored once
+            cast = dtype if value.is_floating_point() else value.dtype
+            converted[value.data_ptr()] = value.detach().to("cpu", cast).clone()
+        state[key] = converted[value.data_ptr()]
+    atomic_torch_save(state, path)
+    atomic_json_save({"config": model.config.to_dict(), **meta}, meta_path(path))
+
+
+def read_meta(weights_path: str) -> dict | None:
+    path = meta_path(weights_path)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / DeepSpeed / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def load_model(path: str, overrides: dict | None = None, device="cpu", dtype=None, quiet=False):
+    """(model, meta) from a stage checkpoint `.pth` (config read from its JSON meta) or an HF folder.
+
+    `overrides` are config fields the caller set explicitly (e.g. size flags); for a `.pth` without meta,
+    such as a MiniMind2 download, they are the whole config. Overrides that change the checkpoint's own
+    config are printed, so nobody wonders which value won.
+    """
+    from .model_minimind import MiniMindConfig, MiniMindForCausalLM
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if os.path.isdir(path):
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, **overrides)
+        meta = {"config": model.config.to_dict(), "source": path}
+    else:
+        meta = read_meta(path) or {}
+        config = dict(meta.get("config", {}))
+        changed = {k: (config[k], v) for k, v in overrides.items() if k in config and config[k] != v}
+        if changed and not quiet:
+            print(f"{path}: flags override the checkpoint's config: "
+                  + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+        model = MiniMindForCausalLM(MiniMindConfig(**{**config, **overrides}))
+        load_weights(model, path)
+    return model.to(device=device, dtype=dtype), meta

@@ -1,0 +1,156 @@
+"""Training progress: one line per log step, a CSV and a loss-curve PNG in the output folder, optional wandb."""
+import csv
+import math
+import os
+import time
+
+import torch
+
+# Dense bf16 tensor-core peaks (FLOP/s) of common GPUs; others report no MFU rather than a made-up one.
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
+                 "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per active parameter (forward 2, backward 4) plus attention's
+    QK^T and AV matmuls, 12 * layers * hidden * seq_len (as in the PaLM and nanochat estimates)."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * config.head_dim
+    attn = 2 * h * h + 2 * h * kv
+    experts = config.num_experts_per_tok + config.n_shared_experts if config.use_moe else 1
+    mlp = experts * 3 * h * inter + (config.n_routed_experts * h if config.use_moe else 0)
+    active = layers * (attn + mlp) + config.vocab_size * h  # the (tied) output head is a real matmul
+    return 6 * active + 12 * layers * h * seq_len
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of a large square matmul on this device and dtype: the ceiling MFU is measured against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((peak for key, peak in GPU_PEAK_BF16.items() if key in name), None)
+    if device.type == "cpu":
+        return measure_matmul_peak(device, dtype)
+    return None
+
+
+def fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Logger:
+    """Prints `step 120/1000 | loss 3.2145 | lr 4.9e-04 | 6,210 tok/s | MFU 12.3% | 1m02s elapsed, ETA 8m10s`
+    on rank 0 and appends the same numbers to <out>/<name>_log.csv (kept across resumes)."""
+
+    FIELDS = ["step", "epoch", "tokens", "elapsed", "loss", "lr", "grad_norm", "tok_per_s", "mfu", "val_loss"]
+
+    def __init__(self, run, args, name: str, total_steps: int, flops_per_tok: float | None, progress):
+        self.run, self.args, self.total_steps, self.flops_per_tok = run, args, total_steps, flops_per_tok
+        self.csv_path = os.path.join(args.out_dir, f"{name}_log.csv")
+        self.png_path = os.path.join(args.out_dir, f"{name}_loss.png")
+        self.peak = peak_flops(run.device, run.dtype) if run.is_main and flops_per_tok else None
+        self.start, self.elapsed_before = time.time(), progress.elapsed
+        self.last_time, self.last_tokens, self.last_step = time.time(), progress.tokens, progress.step
+        self.wandb = None
+        if not run.is_main:
+            return
+        os.makedirs(args.out_dir, exist_ok=True)
+        if not (args.resume and os.path.exists(self.csv_path)):
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerow(self.FIELDS)
+        if args.use_wandb:
+            import wandb
+            self.wandb = wandb.init(project=args.wandb_project, name=name, id=progress.run_id, resume="allow",
+                                    config=vars(args), dir=args.out_dir)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.start
+
+    def train(self, progress, lr: float, grad_norm: float, metrics: dict | None = None):
+        if not self.run.is_main:
+            return
+        if self.run.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.time()
+        tok_per_s = (progress.tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+        steps_per_s = (progress.step - self.last_step) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_tokens, self.last_step = now, progress.tokens, progress.step
+        mfu = tok_per_s * self.flops_per_tok / self.peak if self.peak else float("nan")
+        eta = (self.total_steps - progress.step) / steps_per_s if steps_per_s > 0 else float("inf")
+        width = len(str(self.total_steps))
+        line = (f"step {progress.step:{width}d}/{self.total_steps} | loss {progress.loss:.4f} | lr {lr:.2e} | "
+                f"grad {grad_norm:.2f} | {tok_per_s:,.0f} tok/s")
+        metrics = metrics or {}
+        line += "".join(f" | {k} {v:.4g}" for k, v in metrics.items())
+        if math.isfinite(mfu):
+            line += f" | MFU {100 * mfu:.1f}%"
+        print(f"{line} | {fmt_time(self.elapsed())} elapsed, ETA {fmt_time(eta)}", flush=True)
+        self.write(progress, {"loss": progress.loss, "lr": lr, "grad_norm": grad_norm, "tok_per_s": tok_per_s,
+                              "mfu": mfu, **metrics})
+
+    def eval(self, progress, results: dict):
+        if not self.run.is_main:
+            return
+        print(f"eval step {progress.step} | " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+        self.write(progress, results)
+
+    def write(self, progress, values: dict):
+        """Append a row to the CSV; a metric not seen before adds a column (the file is rewritten once)."""
+        row = {"step": progress.step, "epoch": progress.epoch, "tokens": progress.tokens,
+               "elapsed": round(self.elapsed(), 2), **values}
+        with open(self.csv_path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            new = [k for k in row if k not in header]
+            rows = list(reader) if new else None
+        if new:
+            header += new
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerows([header, *rows])
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, header).writerow({k: row.get(k, "") for k in header})
+        if self.wandb:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=progress.step)
+
+    def finish(self):
+        """Draw the loss curve (training and validation) from the CSV."""
+        if not self.run.is_main:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        with open(self.csv_path) as f:
+            rows = list(csv.DictReader(f))
+        train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") not in (None, "", "nan")]
+        val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss") not in (None, "", "nan")]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for points, label in ((train, "train"), (val, "validation")):
+            if points:
+                ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(os.path.basename(self.csv_path).removesuffix("_log.csv"))
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.png_path, dpi=100)
+        plt.close(fig)
+        if self.wandb:
+            self.wandb.finish()
