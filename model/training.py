@@ -439,13 +439,15 @@ class Checkpointer:
     """Writes out/<stage>_<hidden>[_moe].pth (+ .json meta) for the next stage, and a resume state
     out/<stage>_<hidden>[_moe]_resume.pth (full-precision weights, optimizer, scaler, progress, RNG)."""
 
-    def __init__(self, args, run: Run, model, stepper: Stepper, stage: str):
+    def __init__(self, args, run: Run, model, stepper: Stepper, stage: str, weights_path: str | None = None,
+                 save_fn=save_weights):
         self.args, self.run, self.model, self.stepper, self.stage = args, run, model, stepper, stage
         config = unwrap(model).config
-        self.weights_path = checkpoint_path(args.out_dir, stage, config.hidden_size, config.use_moe)
+        self.weights_path = weights_path or checkpoint_path(args.out_dir, stage, config.hidden_size, config.use_moe)
         self.resume_path = self.weights_path.replace(".pth", "_resume.pth")
+        self.save_fn = save_fn  # (model, path, meta): writes the stage's product (LoRA writes only its weights)
 
-    def save(self, progress: Progress, trainable_only: bool = False):
+    def save(self, progress: Progress):
         """All ranks call this (DeepSpeed shards optimizer state); only rank 0 writes the plain files."""
         if self.stepper.deepspeed:
             self.stepper.deepspeed.save_checkpoint(self.resume_path + ".ds", tag="last",
@@ -453,7 +455,7 @@ class Checkpointer:
         if self.run.is_main:
             meta = {"stage": self.stage, "step": progress.step, "tokens": progress.tokens, "loss": progress.loss,
                     "val_loss": progress.val_loss, "val_bpb": progress.val_bpb, "args": vars(self.args)}
-            save_weights(self.model, self.weights_path, meta)
+            self.save_fn(self.model, self.weights_path, meta)
             if not self.stepper.deepspeed:
                 state = {"model": unwrap(self.model).state_dict(), **self.stepper.state_dict(),
                          "progress": asdict(progress), "rng": rng_state()}
@@ -576,11 +578,12 @@ class Session:
     """
 
     def __init__(self, args, run: Run, model, train_data, stage: str, tokenizer=None, val_data=None,
-                 evaluate_fn=None, params=None, seq_len: int | None = None):
+                 evaluate_fn=None, params=None, seq_len: int | None = None, weights_path: str | None = None,
+                 save_fn=save_weights):
         self.args, self.run, self.train_data, self.stage = args, run, train_data, stage
         self.stepper = Stepper(model, args, run, params)
         self.model = self.stepper.model  # wrapped by DDP / DeepSpeed when distributed: call this one
-        self.checkpoints = Checkpointer(args, run, model, self.stepper, stage)
+        self.checkpoints = Checkpointer(args, run, model, self.stepper, stage, weights_path, save_fn)
         self.progress = self.checkpoints.restore() if args.resume else Progress()
         self.total_steps = args.max_steps or args.epochs * steps_per_epoch(train_data, args, run)
         if self.total_steps <= 0:
