@@ -201,12 +201,30 @@ def batch_order(n_samples: int, batch_size: int, seed: int, epoch: int, rank: in
     return [row[rank::world].tolist() for row in order]
 
 
+def trim_padding(samples: list[dict]) -> dict:
+    """Stack samples into a batch, then cut the right-end columns where no row learns anything.
+
+    Chat samples are padded to max_seq_len but are often much shorter. Columns after the last learned label
+    of every row change no loss (causal attention never looks right), so computing them is waste. All
+    sequence tensors are cut to one width, so chosen and rejected (DPO) still concatenate.
+    """
+    batch = torch.utils.data.default_collate(samples)
+    labels = [v for k, v in batch.items() if k.endswith("labels")]
+    if not labels:
+        return batch
+    learned = torch.stack([(lab != IGNORE).any(dim=0) for lab in labels]).any(dim=0)  # per column
+    width = int(learned.nonzero().max()) + 1 if learned.any() else 1
+    seq_len = labels[0].shape[1]
+    return {k: v[:, :width] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == seq_len else v
+            for k, v in batch.items()}
+
+
 def make_loader(dataset, batch_size: int, seed: int, epoch: int, skip: int, run: Run, num_workers: int = 0,
                 shuffle: bool = True):
     """A DataLoader over this rank's batches of `epoch`, starting after the first `skip` of them."""
     batches = batch_order(len(dataset), batch_size, seed, epoch, run.rank, run.world_size, shuffle)[skip:]
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                       pin_memory=run.device.type == "cuda")
+                                       collate_fn=trim_padding, pin_memory=run.device.type == "cuda")
 
 
 def train_batches(dataset, args, run: Run, progress):
@@ -606,12 +624,13 @@ class Session:
     def batches(self):
         """Micro-batches on the run's device, from the resume position, until the last step."""
         for batch in train_batches(self.train_data, self.args, self.run, self.progress):
+            self.batch_tokens = sum(v.numel() for k, v in batch.items() if k.endswith("input_ids"))
             yield {k: v.to(self.run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             if self.progress.step >= self.total_steps or self.stop.requested:
                 return
 
-    def backward(self, loss: torch.Tensor, tokens: int | None = None):
-        """Backpropagate one micro-batch (`tokens`: positions it processed, default batch x max_seq_len)."""
+    def backward(self, loss: torch.Tensor):
+        """Backpropagate one micro-batch's loss."""
         try:
             self.stepper.backward(loss)
         except NonFiniteLoss as e:
@@ -619,7 +638,7 @@ class Session:
             saved = (f"{self.checkpoints.weights_path} holds step {self.saved_step}" if self.saved_step is not None
                      else "nothing was saved yet")
             sys.exit(f"{self.stage}: {e} ({saved})")
-        self.progress.tokens += (tokens or self.args.batch_size * self.args.max_seq_len) * self.run.world_size
+        self.progress.tokens += self.batch_tokens * self.run.world_size  # positions computed, all ranks
 
     @property
     def ready(self) -> bool:

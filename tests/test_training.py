@@ -264,3 +264,13 @@ def test_deepspeed_zero2_matches_plain_pytorch_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 4" in resumed.stdout
     assert losses(out) == pytest.approx(losses(tmp_path / "plain"), abs=1e-5)
+
+
+def test_trim_padding_cuts_only_columns_no_row_learns():
+    from model.training import trim_padding
+    a = {"chosen_input_ids": torch.tensor([1, 5, 6, 2, 0, 0]), "chosen_labels": torch.tensor([-100, 5, 6, 2, -100, -100]),
+         "rejected_input_ids": torch.tensor([1, 7, 2, 0, 0, 0]),
+         "rejected_labels": torch.tensor([-100, 7, 2, -100, -100, -100])}
+    batch = trim_padding([a, a])
+    assert batch["chosen_input_ids"].shape == batch["rejected_labels"].shape == (2, 4)  # one width for both
+    assert torch.equal(batch["chosen_labels"][0], torch.tensor([-100, 5, 6, 2]))

@@ -1,0 +1,116 @@
+"""MiniMind vs Hugging Face Llama, side by side in one process: training and decoding speed.
+
+    python scripts/bench_model.py                    # 512 x 8, vocab 6400, CPU threads as set by torch
+    python scripts/bench_model.py --device cuda --batch_size 32 --seq_len 512
+
+Both models hold the same weights (MiniMind's state dict loads into LlamaForCausalLM unchanged). Steps of A
+and B are interleaved and the median is taken, because this kind of machine drifts 15-20% between runs;
+the ratios are the result, the absolute numbers are for context. Also prints the measured matmul peak, the
+ceiling that MFU figures in the training log are taken against.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from transformers import LlamaForCausalLM  # noqa: E402
+
+from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model.export import llama_config_from  # noqa: E402
+from model.logger import flops_per_token, measure_matmul_peak  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, reps: int, device) -> dict:
+    """Median seconds per call of each function, calling them in turn `reps` times (after one warm-up)."""
+    times = {name: [] for name in fns}
+    for rep in range(reps + 1):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if rep:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def train_step_fn(model, ids, dtype, device):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden_size", type=int, default=512)
+    parser.add_argument("--num_hidden_layers", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=256)
+    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--prompt_len", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: train,decode")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    config = MiniMindConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers)
+    ours = MiniMindForCausalLM(config).to(device)
+    hf = LlamaForCausalLM(llama_config_from(config)).to(device)
+    hf.load_state_dict(ours.state_dict())
+    print(f"{args.hidden_size} x {args.num_hidden_layers} ({sum(p.numel() for p in ours.parameters()) / 1e6:.2f}M), "
+          f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    dtypes = [torch.float32, torch.bfloat16]
+    if device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        dtypes = [torch.float32]
+    for dtype in dtypes:
+        peak = measure_matmul_peak(device, dtype, n=2048, seconds=1.0)
+        print(f"matmul peak {str(dtype)[6:]}: {peak / 1e12:.2f} TFLOP/s")
+
+    if "train" not in args.skip:
+        ids = torch.randint(3, config.vocab_size, (args.batch_size, args.seq_len), device=device)
+        tokens = ids.numel()
+        for dtype in dtypes:
+            t = interleaved({"minimind": train_step_fn(ours, ids, dtype, device),
+                             "hf_llama": train_step_fn(hf, ids, dtype, device)}, args.reps, device)
+            peak = measure_matmul_peak(device, dtype, n=2048, seconds=0.5)
+            mfu = tokens / t["minimind"] * flops_per_token(config, args.seq_len) / peak
+            print(f"train {str(dtype)[6:]:8s} batch {args.batch_size}x{args.seq_len}: "
+                  f"minimind {tokens / t['minimind']:8,.0f} tok/s  hf {tokens / t['hf_llama']:8,.0f} tok/s  "
+                  f"ratio {t['hf_llama'] / t['minimind']:.2f}x  (minimind MFU {100 * mfu:.0f}%)")
+
+    if "decode" not in args.skip:
+        ours.eval(), hf.eval()
+        for batch in (1, 8):
+            prompt = torch.randint(3, config.vocab_size, (batch, args.prompt_len), device=device)
+            n = args.new_tokens
+
+            def run_ours():
+                ours.fast_generate(prompt, max_new_tokens=n, do_sample=False, eos_token_id=[])
+
+            def run_hf():
+                with torch.inference_mode():
+                    hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+            t = interleaved({"minimind": run_ours, "hf_llama": run_hf}, max(2, args.reps // 2), device)
+            print(f"decode batch {batch}, {n} new tokens: minimind {batch * n / t['minimind']:7,.0f} tok/s  "
+                  f"hf generate {batch * n / t['hf_llama']:7,.0f} tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
