@@ -144,19 +144,21 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def load_model(path: str, overrides: dict | None = None, device="cpu", dtype=None, quiet=False):
+def load_model(path: str, overrides: dict | None = None, device="cpu", dtype=None, quiet=False,
+               trust_remote_code: bool = False):
     """(model, meta) from a stage checkpoint `.pth` (config read from its JSON meta) or an HF folder.
 
     `overrides` are config fields the caller set explicitly (e.g. size flags); for a `.pth` without meta,
     such as a MiniMind2 download, they are the whole config. Overrides that change the checkpoint's own
-    config are printed, so nobody wonders which value won.
+    config are printed, so nobody wonders which value won. A MiniMind or Llama folder needs no remote code
+    (this package registers MiniMind with the Auto classes); `trust_remote_code` runs a folder's own Python.
     """
     from .model_minimind import MiniMindConfig, MiniMindForCausalLM
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if os.path.isdir(path):
         from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, **overrides)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **overrides)
         meta = {"config": model.config.to_dict(), "source": path}
     else:
         meta = read_meta(path) or {}

@@ -628,5 +628,8 @@ def sample_next_token(logits, do_sample=True, temperature=1.0, top_p=1.0, top_k=
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         remove = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set whose mass reaches top_p
         logits = logits.scatter(1, sorted_idx, sorted_logits.masked_fill(remove, float("-inf")))
+    # Exponential race: argmax(p_i / E_i) with E_i ~ Exp(1) draws i with probability p_i, in one pass
+    # (cheaper than torch.multinomial, and the same draw for a given generator).
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1)

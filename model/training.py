@@ -115,7 +115,7 @@ def pick_device(name: str) -> torch.device:
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
-        print("device: no CUDA or MPS available, training on the CPU")
+        print("device: no CUDA or MPS available, using the CPU")
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():

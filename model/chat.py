@@ -1,0 +1,389 @@
+"""Talking to a model: what eval_model.py, the API server and the web demo share.
+
+- choosing and loading a model: `--model_mode` + size flags -> out/<stage>_<hidden>[_moe].pth, or an HF
+  folder; a missing or mismatched checkpoint becomes a message that says which file and which flags to try
+- prompts: the chat template for chat models, bos + text for a pretrained one
+- text from a token stream: a reply arrives one token at a time, and a token is not a character (a Chinese
+  character or an emoji can span several byte-level tokens), a stop string can span tokens, and reasoning
+  models wrap their thinking in <think>...</think>. `ReplyStream` handles all three, for every caller.
+- `generate_reply`: the in-process loop over the model's own KV-cache generation (`stream_generate`).
+  The API server batches requests instead (model/serving.py) and feeds the same `ReplyStream`.
+"""
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoint import CheckpointError, checkpoint_path, load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
+STAGES = ["pretrain", "full_sft", "rlhf", "reason", "grpo"]  # --model_mode 0..4
+LORA_DIR = "lora"  # LoRA weights live in out/lora/lora_<name>_<hidden>[_moe].pth
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Choosing and loading a model
+
+
+def add_model_args(parser):
+    """Flags that pick the model, with the same names in every script that talks to one."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model_mode", type=int, default=1, choices=range(len(STAGES)),
+                   help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo: picks out/<stage>_<hidden>.pth")
+    g.add_argument("--out_dir", default="out", help="where the .pth checkpoints are")
+    g.add_argument("--hidden_size", type=int, default=None,
+                   help="size flags: default from the checkpoint's meta (the file name needs hidden_size: 512)")
+    g.add_argument("--num_hidden_layers", type=int, default=None)
+    g.add_argument("--use_moe", type=int, default=None, choices=[0, 1])
+    g.add_argument("--load_from", default=None, help="a Hugging Face folder (or a .pth file) instead of out/")
+    g.add_argument("--lora_name", default=None, help="merge out/lora/lora_<name>_<hidden>.pth into the model")
+    g.add_argument("--tokenizer_path", default=None,
+                   help="default: the HF folder's own tokenizer, else model/tokenizer")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    return parser
+
+
+def weights_path(args) -> str:
+    """The file or folder the flags point at, or a CheckpointError listing what is there instead."""
+    if args.load_from:
+        if not os.path.exists(args.load_from):
+            raise CheckpointError(f"--load_from {args.load_from}: no such file or folder")
+        return args.load_from
+    path = checkpoint_path(args.out_dir, STAGES[args.model_mode], args.hidden_size or 512, bool(args.use_moe))
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} not found (--model_mode {args.model_mode} = {STAGES[args.model_mode]})."
+                              f"\n{describe_out_dir(args.out_dir)}")
+    return path
+
+
+CHECKPOINT_NAME = re.compile(rf"^({'|'.join(STAGES)})_(\d+)(_moe)?\.pth$")
+
+
+def describe_out_dir(out_dir: str) -> str:
+    """What the user could load from `out_dir`, each with the flags that pick it."""
+    if not os.path.isdir(out_dir):
+        return f"{out_dir}/ does not exist: train a stage first (e.g. train_pretrain.py), or pass --out_dir."
+    lines = []
+    for name in sorted(os.listdir(out_dir)):
+        match = CHECKPOINT_NAME.match(name)
+        if match:
+            stage, hidden, moe = match.groups()
+            flags = f"--model_mode {STAGES.index(stage)} --hidden_size {hidden}{' --use_moe 1' if moe else ''}"
+            lines.append(f"  {name:32s} {flags}")
+        elif name.endswith(".pth"):
+            lines.append(f"  {name:32s} --load_from {os.path.join(out_dir, name)}")
+        elif os.path.isfile(os.path.join(out_dir, name, "config.json")):
+            lines.append(f"  {name + '/':32s} --load_from {os.path.join(out_dir, name)}")
+    if not lines:
+        return f"{out_dir}/ holds no checkpoints: train a stage first, or pass --out_dir / --load_from."
+    return f"Checkpoints in {out_dir}/:\n" + "\n".join(lines)
+
+
+def load_chat_model(args, quiet=False):
+    """(model, tokenizer, path) ready to generate: eval mode, on the chosen device and dtype, LoRA merged.
+
+    Raises CheckpointError with a message meant for the user; scripts print it and exit.
+    """
+    from transformers import AutoTokenizer
+
+    from .training import pick_device, pick_dtype, size_overrides
+
+    path = weights_path(args)
+    # An HF folder carries its own config; size flags only choose and shape a .pth.
+    overrides = {} if os.path.isdir(path) else size_overrides(args)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    try:
+        model, _ = load_model(path, overrides, quiet=quiet)  # on the CPU first, so LoRA joins before the move
+    except (OSError, ValueError) as e:  # CheckpointError is a ValueError; HF raises OSError for bad folders
+        hint = "" if os.path.isdir(path) else (
+            "\nCheck --model_mode and the size flags (--hidden_size, --num_hidden_layers, --use_moe).")
+        raise CheckpointError(f"{e}{hint}") from e
+    if args.lora_name:
+        merge_lora_file(model, checkpoint_path(os.path.join(args.out_dir, LORA_DIR), f"lora_{args.lora_name}",
+                                               model.config.hidden_size, model.config.use_moe))
+    model = model.to(device=device, dtype=dtype)
+    tokenizer_path = args.tokenizer_path or (
+        path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else DEFAULT_TOKENIZER)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if len(tokenizer) > model.config.vocab_size:
+        raise CheckpointError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model only "
+                              f"{model.config.vocab_size}: pass the --tokenizer_path it was trained with")
+    return model.eval(), tokenizer, path
+
+
+def merge_lora_file(model, path: str):
+    """Put trained LoRA weights on the model and fold them into its weights: a plain model again, as fast."""
+    from .model_lora import load_lora, merge_lora
+
+    if not os.path.exists(path):
+        lora_dir = os.path.dirname(path)
+        present = sorted(n for n in os.listdir(lora_dir) if n.endswith(".pth")) if os.path.isdir(lora_dir) else []
+        raise CheckpointError(f"{path} not found. LoRA weights in {lora_dir}/: {', '.join(present) or 'none'}")
+    load_lora(model, path)  # applies the rank/alpha/targets saved in its JSON meta, then loads
+    merge_lora(model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the conversation in the chat template, ending with the assistant's generation prompt."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def text_prompt_ids(tokenizer, text: str) -> list[int]:
+    """Plain text to continue, as pretraining saw documents start: bos + text."""
+    return [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def recent_history(messages: list[dict], turns: int) -> list[dict]:
+    """The last `turns` user/assistant exchanges: small models were trained on short contexts."""
+    return messages[len(messages) - 2 * turns:] if turns > 0 else []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# From tokens to text
+
+
+class IncrementalDetokenizer:
+    """Token ids in, text out, never half a character.
+
+    Byte-level BPE tokens are byte strings: '你' is 3 UTF-8 bytes and an emoji 4, and either may be split over
+    tokens; decoding such a token alone gives U+FFFD. So decode a short window of recent tokens and release
+    text only when it ends on a complete character (vLLM's method; it also keeps the spaces that decoding a
+    token alone would get wrong for some tokenizers). Special tokens (eos) decode to nothing.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the window that is decoded again for context
+        self.read = 0  # tokens up to here are already released as text
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        released = self.decode(self.ids[self.prefix:self.read])
+        text = self.decode(self.ids[self.prefix:])
+        if text.endswith("\ufffd"):  # an incomplete character: wait for the bytes that finish it
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(released):]
+
+    def flush(self) -> str:
+        """What is still held back at the end (U+FFFD if the model really produced broken bytes)."""
+        released = self.decode(self.ids[self.prefix:self.read])
+        text = self.decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return text[len(released):]
+
+
+def held_suffix(text: str, patterns) -> int:
+    """Length of the longest end of `text` that is the beginning of one of `patterns` (so may become one)."""
+    for start in range(max(0, len(text) - max(map(len, patterns)) + 1), len(text)):
+        if any(p.startswith(text[start:]) for p in patterns):
+            return len(text) - start
+    return 0
+
+
+class StopStrings:
+    """Cut the reply at the first stop string. A stop string may arrive over several pushes, so text that
+    could be the start of one is held back until it is clearly not."""
+
+    def __init__(self, stops):
+        self.stops = [s for s in stops or [] if s]
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            return out
+        keep = held_suffix(self.pending, self.stops)
+        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_TAGS = ("<answer>", "</answer>")
+
+
+class ThinkSplitter:
+    """Route a reply's text to `reasoning` or `content`.
+
+    Reasoning models answer '<think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>'. A reply that opens with
+    <think> is reasoning up to </think>; the rest is content, without the <answer> tags. The tags and the
+    whitespace around them are dropped, so text that may still turn into a tag (or whitespace before one)
+    is held back for a push or two.
+    """
+
+    def __init__(self):
+        self.state = "start"  # start -> think -> answer, or start -> answer
+        self.pending = ""
+        self.section_start = True  # drop whitespace right after a tag (or at the very start)
+
+    def push(self, text: str) -> tuple[str, str]:
+        """(reasoning, content) released by this text."""
+        self.pending += text
+        reasoning, content = "", ""
+        while True:
+            if self.section_start:
+                self.pending = self.pending.lstrip()
+                self.section_start = not self.pending
+            if self.state == "start":
+                if self.pending.startswith(THINK_OPEN):
+                    self.pending, self.state, self.section_start = self.pending[len(THINK_OPEN):], "think", True
+                    continue
+                if self.pending and not THINK_OPEN.startswith(self.pending):
+                    self.state = "answer"
+                    continue
+                return reasoning, content
+            tags = (THINK_CLOSE,) if self.state == "think" else ANSWER_TAGS
+            hits = [(i, tag) for tag in tags if (i := self.pending.find(tag)) >= 0]
+            if hits:  # release what precedes the tag, drop the tag, go on after it
+                i, tag = min(hits)
+                released, self.pending = self.pending[:i].rstrip(), self.pending[i + len(tag):]
+                self.section_start = True
+            else:  # release all but trailing whitespace and a possible partial tag
+                held = held_suffix(self.pending, tags)
+                released = self.pending[:len(self.pending) - held].rstrip()
+                self.pending = self.pending[len(released):]
+            if self.state == "think":
+                reasoning += released
+            else:
+                content += released
+            if not hits:
+                return reasoning, content
+            self.state = "answer"  # after </think>, or still after an <answer> tag
+
+    def flush(self) -> tuple[str, str]:
+        text, self.pending = self.pending.rstrip(), ""
+        return (text, "") if self.state == "think" else ("", text)
+
+
+@dataclass
+class Delta:
+    """New text of a reply: thinking and answer apart."""
+    reasoning: str = ""
+    content: str = ""
+
+    def __bool__(self):
+        return bool(self.reasoning or self.content)
+
+    def __add__(self, other: "Delta") -> "Delta":
+        return Delta(self.reasoning + other.reasoning, self.content + other.content)
+
+
+class ReplyStream:
+    """Token ids in, `Delta`s out: UTF-8-safe decoding -> stop strings -> optional <think> split.
+
+    `split_think=False` passes text through untouched (plain completions). The whole reply so far is kept
+    in `reasoning` / `content`, and the number of tokens pushed in `n_tokens`.
+    """
+
+    def __init__(self, tokenizer, stop=(), split_think=True):
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
+        self.stop = StopStrings(stop)
+        self.splitter = ThinkSplitter() if split_think else None
+        self.reasoning, self.content, self.n_tokens = "", "", 0
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string was hit: the caller ends generation (finish_reason 'stop')."""
+        return self.stop.stopped
+
+    def push(self, token_id: int) -> Delta:
+        self.n_tokens += 1
+        return self.route(self.stop.push(self.detokenizer.push(token_id)))
+
+    def finish(self) -> Delta:
+        """Release everything held back; call once when generation ends."""
+        text = self.stop.push(self.detokenizer.flush())
+        delta = self.route(text + self.stop.flush())
+        if self.splitter:
+            held = Delta(*self.splitter.flush())
+            self.reasoning, self.content = self.reasoning + held.reasoning, self.content + held.content
+            delta = delta + held
+        return delta
+
+    def route(self, text: str) -> Delta:
+        delta = Delta(*self.splitter.push(text)) if self.splitter else Delta(content=text)
+        self.reasoning += delta.reasoning
+        self.content += delta.content
+        return delta
+
+
+def split_think(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of a finished reply."""
+    splitter = ThinkSplitter()
+    reasoning, content = splitter.push(text)
+    more_reasoning, more_content = splitter.flush()
+    return reasoning + more_reasoning, content + more_content
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Terminal display (eval_model.py, scripts/chat_openai_api.py)
+
+
+class ReplyPrinter:
+    """Prints a reply in the terminal as it streams: the thinking dimmed under its own header, then the answer.
+    Takes anything with `reasoning` and `content` text: a Delta, or a whole ReplyStream."""
+
+    def __init__(self):
+        self.section = None
+        self.dim, self.reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
+
+    def __call__(self, delta):
+        for section, text in (("thinking", delta.reasoning), ("answer", delta.content)):
+            if not text:
+                continue
+            if section != self.section:
+                if section == "thinking":
+                    print(f"{self.dim}[thinking]", flush=True)
+                elif self.section == "thinking":  # an answer header only when there was thinking
+                    print(f"{self.reset}\n[answer]", flush=True)
+                self.section = section
+            print(text, end="", flush=True)
+
+    def end(self):
+        print(self.reset if self.section == "thinking" else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In-process generation (CLI, web demo)
+
+
+def generate_reply(model, prompt_ids: list[int], reply: ReplyStream, **sampling):
+    """Yield the `Delta`s of one reply as they complete; `reply` holds the whole text and token count after.
+
+    `sampling`: max_new_tokens, temperature, top_p, top_k, repetition_penalty, generator (stream_generate's).
+    """
+    ids = torch.tensor([prompt_ids], device=model.device)
+    for token in model.stream_generate(ids, **sampling):
+        delta = reply.push(int(token))
+        if delta:
+            yield delta
+        if reply.stopped:
+            break
+    delta = reply.finish()
+    if delta:
+        yield delta

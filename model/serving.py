@@ -1,0 +1,266 @@
+"""Continuous batching for the API server: one scheduler thread owns the model, and each decode step advances
+every running request by one token in a single batched forward. New requests join between steps; finished,
+stopped or abandoned ones leave and free their slot.
+
+Design: left-padded rows in one KV cache
+-----------------------------------------
+The running requests are the rows of one batch. Each row is left-padded so that every row's newest token
+sits in the same cache column: the cache is the model's own `KVCache` of shape
+(layers, rows, kv_heads, length, head_dim), an attention mask marks each row's real positions, and position
+ids count each row's own tokens. That is exactly what the model's forward already handles for a left-padded
+batch, so the engine runs the same attention, masking and RoPE code as `stream_generate`.
+
+One scheduler step:
+1. retire  rows whose client left (or hit a stop string) go first, so no compute is spent on them;
+2. admit   while slots are free, each waiting request is prefilled alone (batch 1, no padding), its first
+           token sampled from the prefill logits, and its K/V merged into the batch: the cache is laid out
+           anew at the common length max(batch length, prompt length), everyone right-aligned;
+3. decode  one forward of the rows' pending tokens, (rows, 1); rows with equal sampling settings sample in
+           one call, and a seeded request alone with its own generator, so it gets the same tokens whatever
+           shares its batch; rows that produced eos or reached max_tokens leave.
+Whenever rows leave, the columns that are padding in every remaining row are cut, so the cache stays as
+long as the longest live row, not as long as the server's history.
+
+What this gives up, next to vLLM's paged attention: rows attend over the longest row's length, and a change
+of batch membership copies the cache once. Both are cheap at MiniMind's sizes; the steady state is one
+batched matmul per weight per step, which is where batching wins (a decode step is mostly fixed overhead).
+"""
+import collections
+import threading
+import traceback
+from dataclasses import dataclass, replace
+
+import torch
+
+from .model_minimind import KVCache, sample_next_token
+
+SPARE_COLUMNS = 64  # decode steps that fit before the cache must be laid out again
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+class Request:
+    """One generation. The engine calls `on_event(token_id, finish_reason)` from its thread: a token with
+    finish_reason None while generating; the last token with 'stop' (eos) or 'length'; (None, 'error') if
+    the engine failed. `cancel()` (any thread) makes the engine drop it at its next step."""
+
+    def __init__(self, prompt_ids, params: SamplingParams, on_event, device, vocab_size):
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.on_event = on_event
+        self.n_generated = 0
+        self.cancelled = False
+        p = params
+        self.generator = None  # a seeded request samples from its own generator
+        if p.temperature > 0 and p.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(p.seed % 2**64)
+        # Rows with equal settings sample together; a seeded one alone (its draws must not depend on the batch).
+        if p.temperature == 0:
+            self.sampling_group = ("greedy", p.repetition_penalty)
+        elif self.generator:
+            self.sampling_group = id(self)
+        else:
+            self.sampling_group = (p.temperature, p.top_p, p.top_k, p.repetition_penalty)
+        self.seen = None  # tokens so far, for the repetition penalty
+        if p.repetition_penalty != 1.0:
+            self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
+            self.seen[0, self.prompt_ids] = True
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Engine:
+    """The scheduler. `start()` runs it on a background thread; tests may call `step()` directly instead."""
+
+    def __init__(self, model, max_batch_size: int = 16, eos_token_ids=None):
+        self.model = model.eval()
+        self.config = model.config
+        self.device = model.device
+        self.dtype = next(model.parameters()).dtype
+        self.max_batch_size = max_batch_size
+        self.generator = torch.Generator(device=self.device)  # for requests without a seed
+        self.generator.seed()
+        eos = self.config.eos_token_id if eos_token_ids is None else eos_token_ids
+        self.eos = {eos} if isinstance(eos, int) else set(eos)
+        self.waiting = collections.deque()
+        self.wakeup = threading.Condition()
+        self.thread = None
+        self.running = False
+        self.stats = collections.Counter()  # finished requests by reason, for /health
+        self.reset_batch()
+
+    def reset_batch(self):
+        self.rows: list[Request] = []
+        self.cache = None  # KVCache of the rows; None while there are none
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (rows, length): 0 = left padding
+        self.tokens = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's next input token
+        self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # the position that token takes
+
+    # -- the outside world (any thread) ----------------------------------------------------------------------
+
+    def submit(self, prompt_ids, params: SamplingParams, on_event) -> Request:
+        room = self.config.max_position_embeddings - len(prompt_ids)
+        if not prompt_ids or room <= 0:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens: need 1..{self.config.max_position_embeddings - 1}")
+        params = replace(params, max_tokens=min(params.max_tokens, room))
+        request = Request(prompt_ids, params, on_event, self.device, self.config.vocab_size)
+        with self.wakeup:
+            self.waiting.append(request)
+            self.wakeup.notify()
+        return request
+
+    def start(self):
+        self.running = True
+        self.thread = threading.Thread(target=self.loop, name="minimind-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        with self.wakeup:
+            self.running = False
+            self.wakeup.notify()
+        if self.thread:
+            self.thread.join()
+
+    @property
+    def load(self) -> dict:
+        return {"running": len(self.rows), "waiting": len(self.waiting), "max_batch_size": self.max_batch_size,
+                "finished": dict(self.stats)}
+
+    def loop(self):
+        while True:
+            with self.wakeup:
+                while self.running and not self.rows and not self.waiting:
+                    self.wakeup.wait()
+                if not self.running:
+                    return
+            try:
+                self.step()
+            except Exception:  # keep serving: fail the requests in flight, not the server
+                traceback.print_exc()
+                for request in self.rows:
+                    request.on_event(None, "error")
+                self.stats["error"] += len(self.rows)
+                self.reset_batch()
+
+    # -- the scheduler (the engine thread only) -------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self):
+        self.retire([r.cancelled for r in self.rows], "cancelled")
+        while len(self.rows) < self.max_batch_size:
+            with self.wakeup:
+                request = self.waiting.popleft() if self.waiting else None
+            if request is None:
+                break
+            if request.cancelled:
+                self.stats["cancelled"] += 1
+            else:
+                self.admit(request)
+        if self.rows:
+            self.decode()
+
+    def admit(self, request: Request):
+        """Prefill the prompt alone, emit the first token, and merge the row into the batch."""
+        n = len(request.prompt_ids)
+        cache = KVCache(self.config, 1, n, self.device, self.dtype)
+        try:
+            ids = torch.tensor([request.prompt_ids], device=self.device)
+            logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
+        except Exception:  # e.g. out of memory on a long prompt: fail this request, not the running batch
+            traceback.print_exc()
+            request.on_event(None, "error")
+            self.stats["error"] += 1
+            return
+        token = int(self.sample(logits, [request])[0])
+        if self.emit(request, token):
+            return
+        self.layout(keep=range(len(self.rows)), newcomer=cache)
+        self.rows.append(request)
+        self.tokens = torch.cat([self.tokens, self.tokens.new_tensor([token])])
+        self.positions = torch.cat([self.positions, self.positions.new_tensor([n])])
+
+    def decode(self):
+        """One token for every row in one forward."""
+        if self.cache.length == self.cache.k.shape[3]:  # out of spare columns
+            self.layout(keep=range(len(self.rows)))
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        out = self.model(self.tokens[:, None], attention_mask=self.mask, position_ids=self.positions[:, None],
+                         cache=self.cache, logits_to_keep=1)
+        tokens = self.sample(out.logits[:, -1].float(), self.rows)
+        self.tokens, self.positions = tokens, self.positions + 1
+        done = [self.emit(request, token) for request, token in zip(self.rows, tokens.tolist())]
+        self.retire(done)
+
+    def sample(self, logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
+        """The next token of each row: one `sample_next_token` call per group of rows with equal settings."""
+        groups = collections.defaultdict(list)
+        for i, request in enumerate(rows):
+            groups[request.sampling_group].append(i)
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        for idx in groups.values():
+            first, p = rows[idx[0]], rows[idx[0]].params
+            seen = torch.cat([rows[i].seen for i in idx]) if first.seen is not None else None
+            tokens[idx] = sample_next_token(logits[idx], p.temperature > 0, p.temperature, p.top_p, p.top_k,
+                                            p.repetition_penalty, seen, first.generator or self.generator)
+        return tokens
+
+    def emit(self, request: Request, token: int) -> bool:
+        """Hand the token to the request's owner; True when the request is finished."""
+        request.n_generated += 1
+        if request.seen is not None:
+            request.seen[0, token] = True
+        finish = "stop" if token in self.eos else "length" if request.n_generated >= request.params.max_tokens \
+            else None
+        request.on_event(token, finish)
+        if finish:
+            self.stats[finish] += 1
+        return finish is not None
+
+    def retire(self, leaving: list[bool], reason: str | None = None):
+        if not any(leaving):
+            return
+        if reason:
+            self.stats[reason] += sum(leaving)
+        keep = [i for i, gone in enumerate(leaving) if not gone]
+        if not keep:
+            self.reset_batch()
+            return
+        self.layout(keep)
+        self.rows = [self.rows[i] for i in keep]
+        self.tokens, self.positions = self.tokens[keep], self.positions[keep]
+
+    def layout(self, keep, newcomer: KVCache | None = None):
+        """Lay the cache out anew for rows `keep` (+ a newcomer's prefilled cache, as the last row): columns
+        that are padding in every kept row are cut, all rows are right-aligned to the common length, and
+        SPARE_COLUMNS free columns follow for the next decode steps."""
+        keep = list(keep)
+        old_len = self.mask.shape[1]
+        start = int(self.mask[keep].any(dim=0).long().argmax()) if keep else old_len  # first column in use
+        kept_len = old_len - start
+        new_len = max(kept_len, newcomer.length if newcomer else 0)
+        n_rows = len(keep) + (newcomer is not None)
+        cache = KVCache(self.config, n_rows, new_len + SPARE_COLUMNS, self.device, self.dtype)
+        # Padding must hold finite numbers: a masked-out score gets weight 0, but 0 * NaN garbage is NaN.
+        cache.k.zero_()
+        cache.v.zero_()
+        mask = torch.zeros(n_rows, new_len, dtype=torch.long, device=self.device)
+        if keep:
+            cache.k[:, :len(keep), :, new_len - kept_len:new_len] = self.cache.k[:, keep, :, start:old_len]
+            cache.v[:, :len(keep), :, new_len - kept_len:new_len] = self.cache.v[:, keep, :, start:old_len]
+            mask[:len(keep), new_len - kept_len:] = self.mask[keep, start:]
+        if newcomer:
+            n = newcomer.length
+            cache.k[:, -1:, :, new_len - n:new_len] = newcomer.k[:, :, :, :n]
+            cache.v[:, -1:, :, new_len - n:new_len] = newcomer.v[:, :, :, :n]
+            mask[-1, new_len - n:] = 1
+        cache.length = new_len
+        self.cache, self.mask = cache, mask

@@ -1,0 +1,379 @@
+"""An OpenAI-compatible API server for MiniMind, with continuous batching (model/serving.py).
+
+    python scripts/serve_openai_api.py --model_mode 1                 # out/full_sft_512.pth
+    python scripts/serve_openai_api.py --load_from out/minimind-hf --api_key secret --port 8998
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions (streaming SSE or not), GET /v1/models, GET /health.
+Any OpenAI client works against it:
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="secret")
+    client.chat.completions.create(model="minimind", messages=[{"role": "user", "content": "你好"}])
+
+Replies of reasoning models come as `content` (the answer) and `reasoning_content` (the <think> part), the
+field DeepSeek's API and vLLM use. Bad requests get a 4xx with OpenAI's error object, never a 500.
+`top_k` and `repetition_penalty` are accepted as extensions (vLLM's names).
+"""
+import argparse
+import asyncio
+import hmac
+import json
+import os
+import sys
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model.chat import Delta, ReplyStream, add_model_args, chat_prompt_ids, text_prompt_ids
+from model.serving import Engine, SamplingParams
+
+DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
+                                       "code": self.code}}, status_code=self.status)
+
+
+async def parse_body(request: Request, schema: type["Strict"]):
+    """The JSON body checked against `schema`, whatever Content-Type the client sent (curl -d sends a form's).
+    Pydantic's list of problems becomes OpenAI's 400 about the first one."""
+    try:
+        return schema.model_validate_json(await request.body())
+    except ValidationError as e:
+        first = e.errors()[0]
+        if first["type"] == "json_invalid":
+            raise ApiError(400, f"We could not parse the JSON body of your request: {first['msg']}") from None
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise ApiError(400, f"{param or 'body'}: {first['msg']}", param=param, code=first["type"]) from None
+
+
+def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return ApiError(exc.status_code, str(exc.detail), kind="not_found_error" if exc.status_code == 404
+                    else "invalid_request_error").response()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Request bodies. Strict: "0.5" is not a number and 1 is not a string, as in OpenAI's API.
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_template_dict(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class GenerationFields(Strict):
+    """What both endpoints accept. None means the default (clients may send null)."""
+    model: str | None = None
+    max_tokens: Annotated[int | None, Field(ge=1)] = None
+    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
+    top_p: Annotated[float | None, Field(ge=0, le=1)] = None
+    top_k: Annotated[int | None, Field(ge=0)] = None
+    repetition_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: Annotated[int | None, Field(ge=-2**63, lt=2**64)] = None
+    n: Annotated[int | None, Field(ge=1, le=128)] = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class ChatRequest(GenerationFields):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+
+
+class CompletionRequest(GenerationFields):
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One API call on the engine
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    tokenizer: object
+    model_name: str
+    max_seq_len: int
+    api_key: str | None = None
+
+
+class Generation:
+    """The choices of one API call (n samples of a prompt, or one per prompt): checked when created, run on
+    the engine while `events()` is consumed, with their text streams and the token counts for `usage`."""
+
+    def __init__(self, state: ServerState, prompts: list[list[int]], body: GenerationFields, max_tokens: int | None,
+                 split_think: bool):
+        n = body.n or 1
+        if n > state.engine.max_batch_size:
+            raise ApiError(400, f"n={n}: at most --max_batch_size={state.engine.max_batch_size}", param="n")
+        stop = [body.stop] if isinstance(body.stop, str) else body.stop
+        prompts = [p for p in prompts for _ in range(n)]
+        self.engine = state.engine
+        self.jobs = [(prompt, SamplingParams(
+            max_tokens=check_length(state, prompt, max_tokens),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0,
+            repetition_penalty=body.repetition_penalty or 1.0,
+            seed=None if body.seed is None else body.seed + index))  # the n samples of a seed differ
+            for index, prompt in enumerate(prompts)]
+        self.prompt_tokens = sum(map(len, prompts)) // n
+        self.replies = [ReplyStream(state.tokenizer, stop, split_think) for _ in prompts]
+        self.finish_reasons = [None] * len(prompts)
+
+    async def events(self, client: Request | None = None):
+        """(choice index, Delta, finish_reason or None) as tokens arrive. The requests start here, so a
+        response that never starts streaming never runs; leaving early (a stop string, a disconnect, the
+        client's stream closed) cancels them, which frees their engine slots."""
+        queue, loop = asyncio.Queue(), asyncio.get_running_loop()
+        requests = []
+        next_poll = time.monotonic() + DISCONNECT_POLL_S
+        try:
+            for index, (prompt, params) in enumerate(self.jobs):
+                # The engine calls back from its thread: hand each event over to this event loop.
+                requests.append(self.engine.submit(prompt, params, lambda token, finish, i=index:
+                                                   loop.call_soon_threadsafe(queue.put_nowait, (i, token, finish))))
+            while None in self.finish_reasons:
+                if client is not None and time.monotonic() > next_poll:
+                    next_poll += DISCONNECT_POLL_S
+                    if await client.is_disconnected():
+                        return
+                i, token, finish = await queue.get()
+                if self.finish_reasons[i]:  # tokens the engine made before it saw our cancel
+                    continue
+                if finish == "error":
+                    raise ApiError(500, "generation failed on the server", kind="server_error")
+                reply = self.replies[i]
+                delta = reply.push(token)
+                if reply.stopped:
+                    finish = "stop"
+                    requests[i].cancel()
+                if finish:
+                    delta = delta + reply.finish()
+                    self.finish_reasons[i] = finish
+                if delta or finish:
+                    yield i, delta, finish
+        finally:
+            for request in requests:
+                request.cancel()
+
+    @property
+    def usage(self) -> dict:
+        completion = sum(r.n_tokens for r in self.replies)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+
+def check_length(state: ServerState, prompt: list[int], max_tokens: int | None) -> int:
+    """The completion budget, or OpenAI's context_length_exceeded error."""
+    room = state.max_seq_len - len(prompt)
+    if room <= 0 or (max_tokens is not None and max_tokens > room):
+        asked = f" + {max_tokens} for the completion" if max_tokens else ""
+        raise ApiError(400, f"This model's maximum context length is {state.max_seq_len} tokens; you asked for "
+                            f"{len(prompt)} in the prompt{asked}.", param="messages", code="context_length_exceeded")
+    return max_tokens or room
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Responses
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def chat_delta(delta: Delta) -> dict:
+    out = {}
+    if delta.reasoning:
+        out["reasoning_content"] = delta.reasoning
+    if delta.content:
+        out["content"] = delta.content
+    return out
+
+
+async def stream_chunks(gen: Generation, head: dict, choice, first_choices: list, include_usage: bool):
+    """SSE as OpenAI sends it: chunks, a final one per choice with its finish_reason, an optional usage
+    chunk (with empty choices), then `data: [DONE]`. `choice(index, delta, finish)` shapes one choice."""
+    usage = {"usage": None} if include_usage else {}
+    try:
+        for first in first_choices:
+            yield sse({**head, "choices": [first], **usage})
+        async for i, delta, finish in gen.events():
+            if delta:
+                yield sse({**head, "choices": [choice(i, delta, None)], **usage})
+            if finish:
+                yield sse({**head, "choices": [choice(i, Delta(), finish)], **usage})
+        if include_usage:
+            yield sse({**head, "choices": [], "usage": gen.usage})
+    except ApiError as e:
+        yield sse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})
+    yield "data: [DONE]\n\n"
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.minimind
+
+
+def require_key(request: Request):
+    key = state_of(request).api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        raise ApiError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
+                       code="invalid_api_key")
+
+
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: Request):
+    body = await parse_body(request, ChatRequest)
+    state = state_of(request)
+    prompt = chat_prompt_ids(state.tokenizer, [m.as_template_dict() for m in body.messages])
+    gen = Generation(state, [prompt], body, body.max_completion_tokens or body.max_tokens, split_think=True)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": state.model_name,
+            "system_fingerprint": None}
+    if body.stream:
+        def choice(i, delta, finish):
+            return {"index": i, "delta": chat_delta(delta), "logprobs": None, "finish_reason": finish}
+
+        first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None} for i in range(len(gen.replies))]
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(stream_chunks(gen, {**head, "object": "chat.completion.chunk"}, choice, first,
+                                               include_usage), media_type="text/event-stream")
+    async for _ in gen.events(client=request):
+        pass
+    choices = []
+    for i, reply in enumerate(gen.replies):
+        message = {"role": "assistant", "content": reply.content}
+        if reply.reasoning:
+            message["reasoning_content"] = reply.reasoning
+        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": gen.finish_reasons[i]})
+    return {**head, "object": "chat.completion", "choices": choices, "usage": gen.usage}
+
+
+@api.post("/completions")
+async def completions(request: Request):
+    body = await parse_body(request, CompletionRequest)
+    state = state_of(request)
+    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    prompts = [text_prompt_ids(state.tokenizer, text) for text in texts]
+    gen = Generation(state, prompts, body, body.max_tokens or 16, split_think=False)  # OpenAI's default: 16
+    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+            "model": state.model_name, "system_fingerprint": None}
+
+    def choice(i, text, finish):
+        return {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            stream_chunks(gen, head, lambda i, delta, finish: choice(i, delta.content, finish), [], include_usage),
+            media_type="text/event-stream")
+    async for _ in gen.events(client=request):
+        pass
+    choices = [choice(i, reply.content, gen.finish_reasons[i]) for i, reply in enumerate(gen.replies)]
+    return {**head, "choices": choices, "usage": gen.usage}
+
+
+@api.get("/models")
+async def models(request: Request):
+    name = state_of(request).model_name
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "minimind"}]}
+
+
+async def health(request: Request):
+    state = state_of(request)
+    return {"status": "ok", "model": state.model_name, **state.engine.load}
+
+
+def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | None = None,
+               max_batch_size: int = 16, max_seq_len: int | None = None) -> FastAPI:
+    """The server around a loaded model: the engine thread runs while the app does."""
+    limit = min(max_seq_len or model.config.max_position_embeddings, model.config.max_position_embeddings)
+    engine = Engine(model, max_batch_size, eos_token_ids={tokenizer.eos_token_id, model.config.eos_token_id})
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="MiniMind OpenAI-compatible API", lifespan=lifespan)
+    app.state.minimind = ServerState(engine, tokenizer, model_name, limit, api_key)
+    app.add_exception_handler(ApiError, lambda request, exc: exc.response())
+    app.add_exception_handler(HTTPException, http_error)
+    app.include_router(api)
+    app.add_api_route("/health", health, methods=["GET"])
+    return app
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the server to the network")
+    parser.add_argument("--port", type=int, default=8998)
+    parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1/*")
+    parser.add_argument("--max_batch_size", type=int, default=16, help="requests decoded together")
+    parser.add_argument("--max_seq_len", type=int, default=2048, help="prompt + completion limit, in tokens")
+    parser.add_argument("--model_name", default=None, help="the id /v1/models reports (default: the file name)")
+    args = parser.parse_args()
+
+    import uvicorn
+
+    from model.checkpoint import CheckpointError
+    from model.chat import load_chat_model
+    try:
+        model, tokenizer, path = load_chat_model(args)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    name = args.model_name or os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+    app = create_app(model, tokenizer, name, args.api_key, args.max_batch_size, args.max_seq_len)
+    print(f"serving {path} as '{name}' on http://{args.host}:{args.port}/v1 "
+          f"(batch {args.max_batch_size}, context {app.state.minimind.max_seq_len}"
+          f"{', API key required' if args.api_key else ''})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The Streamlit web demo, driven by Streamlit's own test harness on a tiny checkpoint."""
+import os
+
+from streamlit.testing.v1 import AppTest
+
+from tests.test_chat import one_torch_thread, save_checkpoint, scripted_model, tiny_model  # noqa: F401
+
+APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "web_demo.py")
+
+
+def open_demo(folder):
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    app.sidebar.text_input[0].set_value(str(folder)).run()
+    return app
+
+
+def test_chat_reply_with_thinking_folded_then_clear(tmp_path):
+    save_checkpoint(scripted_model(), tmp_path, "reason")
+    app = open_demo(tmp_path)
+    assert not app.exception and app.sidebar.selectbox[0].value == "reason_64.pth"
+    app.sidebar.slider[0].set_value(0.0)  # greedy
+    app.chat_input[0].set_value("hi").run()
+    assert not app.exception
+    user, assistant = app.chat_message
+    assert user.markdown[0].value == "hi"
+    assert assistant.markdown[-1].value == "Yes 是的"
+    assert assistant.expander[0].label == "Thinking" and assistant.expander[0].markdown[0].value == "I think so"
+    assert "tokens/s" in assistant.caption[0].value
+
+    app.chat_input[0].set_value("again").run()  # the conversation goes on and is shown again
+    assert len(app.chat_message) == 4
+    app.sidebar.button[0].click().run()
+    assert len(app.chat_message) == 0
+
+
+def test_lists_checkpoints_and_says_when_there_are_none(tmp_path):
+    app = open_demo(tmp_path)
+    assert "No checkpoints" in app.sidebar.info[0].value
+    save_checkpoint(tiny_model(), tmp_path, "pretrain")
+    save_checkpoint(tiny_model(), tmp_path, "full_sft")
+    app = open_demo(tmp_path)
+    assert app.sidebar.selectbox[0].options == ["full_sft_64.pth", "pretrain_64.pth"]
+    assert app.sidebar.selectbox[0].value == "full_sft_64.pth"
+    app.sidebar.slider[2].set_value(16)
+    app.chat_input[0].set_value("你好").run()
+    assert not app.exception and len(app.chat_message) == 2
