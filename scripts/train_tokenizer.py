@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model", "tokenizer")
@@ -94,16 +94,28 @@ def iter_texts(patterns, max_chars=None, desc="reading"):
                     return
 
 
+# How text is cut into words before BPE (merges never cross these cuts). GPT-4's pattern (as in
+# Qwen and Llama 3) rather than GPT-2's: one punctuation mark may lead a run of letters, so
+# "，我们" and "。但是" can become tokens, and a punctuation run keeps its line breaks ("。\n\n",
+# "):\n"). Chinese punctuation is ~7% of Chinese text and otherwise costs a token each time; on
+# held-out Chinese this pattern alone gave nearly 4% fewer tokens, English unchanged. Digits are
+# split earlier (below), so its number rule only ever sees one digit.
+PRETOKENIZE_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                       r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
 def new_tokenizer():
     tok = Tokenizer(models.BPE())  # no unk_token: every byte has a token, nothing is unknown
-    # Digits are split one by one before the byte-level split, so "1998" is always 1 9 9 8 and
-    # each digit keeps one id wherever it stands. With learned chunks ("19", "98", " 37") the
-    # same digit would hide in many different tokens and a small model could not learn to
-    # carry in "37 + 45 = 82". Measured cost: about 1% fewer characters per token.
-    # add_prefix_space=False keeps decode(encode(s)) == s exactly (no invented leading space).
+    # Digits are split one by one before anything else, so "1998" is always 1 9 9 8 and each
+    # digit keeps one id wherever it stands. With learned chunks ("19", "98", " 37") the same
+    # digit would hide in many different tokens and a small model could not learn to carry in
+    # "37 + 45 = 82". Measured cost: about 1% fewer characters per token.
+    # The split keeps every character (isolated pieces), and ByteLevel without its own regex
+    # and with add_prefix_space=False maps bytes 1:1, so decode(encode(s)) == s exactly.
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
     return tok

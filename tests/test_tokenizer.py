@@ -2,6 +2,7 @@
 import io
 import json
 import random
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -108,6 +109,8 @@ def test_digits_are_single_tokens(raw):
     pieces = [raw.decode([i]) for i in raw.encode("37 + 45 = 82, 1998年").ids]
     assert [p for p in pieces if any(c in "0123456789" for c in p)] == list("3745821998")
     assert raw.encode("9").ids == raw.encode("1999").ids[-1:]  # the same id wherever a digit stands
+    # Operators keep their leading space as one token: 3 7 " +" " " 4 5 " =" " " 8 2.
+    assert len(raw.encode("37 + 45 = 82").ids) == 10
 
 
 def test_chat_template_renders_chatml(hf):
@@ -125,12 +128,11 @@ def test_chat_template_renders_chatml(hf):
 
 
 # Held-out text of kinds the tokenizer never saw (sources in scripts/README_tokenizer.md):
-# English: State of the Union excerpts (public domain); Chinese: jionlp's LLM test questions.
-# The English floor is the project's 3.5. The Chinese one is 1.15, not the hoped-for 1.3, which no
-# 6400-entry vocabulary reaches on Chinese of an unseen kind, not even an all-Chinese one (1.19 on
-# the full Q&A set; the shipped tokenizer: 1.22 there, 1.19 on this sample). See the README.
+# English: State of the Union excerpts (public domain, 3.55 here, 3.54 on all addresses); Chinese: all of
+# jionlp's LLM test set (Apache-2.0; exam questions, blog posts, code, maths: 1.35). A few-KB slice of the
+# Chinese set swings between 1.26 and 1.55 with the slice, so the test reads the whole set.
 @pytest.mark.parametrize("name, lang, floor", [("tokenizer_heldout_en.txt", "en", 3.5),
-                                               ("tokenizer_heldout_zh.txt", "zh", 1.15)])
+                                               ("tokenizer_heldout_zh.txt", "zh", 1.3)])
 def test_compression_on_held_out_text(raw, name, lang, floor):
     cpt, detected = evaluate(raw, [(DATA / name).read_text(encoding="utf-8")])
     assert detected == lang
@@ -227,3 +229,47 @@ def test_archives_are_read_in_place(tmp_path):
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
     assert list(tokenizer_corpus.sotu(str(npm))) == ["Fellow-Citizens of the Senate."]
+
+
+def test_debian_packages_are_read_in_place(tmp_path):
+    page = b"<html><body><nav>menu</nav><div id=\"DisplayArea\"><h1>\xe6\x89\x93\xe5\xbc\x80</h1><p>a <b>b</b></p></div>" \
+           b"<footer>debug</footer></body></html>"
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as tar:
+        info = tarfile.TarInfo("./usr/share/libreoffice/help/zh-CN/text/shared/x.html")
+        info.size = len(page)
+        tar.addfile(info, io.BytesIO(page))
+    body = data.getvalue()
+    deb = tmp_path / "libreoffice-help-zh-cn_1_all.deb"
+    ar = b"!<arch>\n"
+    for name, member in [(b"debian-binary", b"2.0\n"), (b"data.tar.xz", body)]:
+        ar += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) * 2 + b"100644".ljust(8) + str(len(member)).encode().ljust(10) \
+            + b"`\n" + member + b"\n" * (len(member) % 2)
+    deb.write_bytes(ar)
+    assert tokenizer_corpus.unique_paragraphs(tokenizer_corpus.libreoffice_help(str(deb))) == ["打开\n\na b"]
+
+
+def test_manual_pages_to_paragraphs():
+    page = '.\\" comment\n.TH LS 1\n.SH 描述\n列出 \\fB目录\\fP 内容\\-\n全部\n.PP\n.B \\-a\n不要 忽略\n'
+    paragraphs = [p for p in tokenizer_corpus.roff_paragraphs(page) if p]
+    assert paragraphs == ["描述 列出 目录 内容- 全部", "-a 不要 忽略"]
+    assert tokenizer_corpus.BETWEEN_CJK_SPACE.sub("", paragraphs[1]) == "-a 不要忽略"
+    assert tokenizer_corpus.unique_paragraphs([["x", "", "y"], ["y", "z"]]) == ["x\n\ny\n\nz"]
+
+
+def test_frequency_docs_repeat_words_in_proportion():
+    docs = list(tokenizer_corpus.frequency_docs([("的", 30), ("我们", 10), ("罕", 0)], chars=180))
+    text = "".join(docs)
+    assert text.split("\n").count("的") == 3 * text.split("\n").count("我们") > 0 and "罕" not in text
+    assert tokenizer_corpus.character_counts([("我们", 2), ("们a", 1)]) == [("们", 3), ("我", 2)]
+
+
+def test_arithmetic_lines_are_correct_and_reproducible():
+    lines = tokenizer_corpus.arithmetic(400)
+    assert lines == tokenizer_corpus.arithmetic(400)
+    sums = [re.search(r"(\d+) ([-+×*]) (\d+) = (-?\d+)", line) for line in lines]
+    checked = [m for m in sums if m]
+    assert len(checked) > 100
+    for m in checked:
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert {"+": a + b, "-": a - b, "×": a * b, "*": a * b}[op] == c
