@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from model.checkpoint import CheckpointError, load_model
 from model.dataset import SFTDataset, tokenizer_fingerprint
-from model.training import (IGNORE, Session, add_common_args, build_model, demo_data, evaluate, load_tokenizer,
-                            make_loader, resolve_weight, setup_run, token_byte_lengths)
+from model.training import (IGNORE, Session, add_common_args, build_model, evaluate, load_tokenizer, make_loader,
+                            resolve_weight, setup_run, token_byte_lengths, train_and_val)
 
 
 def distillation_loss(student_logits, teacher_logits, labels, alpha: float = 0.5, temperature: float = 1.5):
@@ -123,9 +123,7 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data = SFTDataset(demo_data(args.data_path, "sft.jsonl"), tokenizer, args.max_seq_len)
-    val_path = args.val_path or (None if args.data_path else demo_data(None, "sft_val.jsonl"))
-    val_data = SFTDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
+    train_data, val_data = train_and_val(args, tokenizer, SFTDataset, "sft")
     teacher, teacher_meta = load_teacher(args, run)
     check_same_vocab(teacher, teacher_meta, tokenizer, args.tokenizer_path)
     model = build_model(args, run, tokenizer)

@@ -9,7 +9,8 @@ their <|im_end|>): the model is taught to answer, not to imitate users. Writes o
 import argparse
 
 from model.dataset import SFTDataset
-from model.training import Session, add_common_args, build_model, demo_data, load_tokenizer, setup_run
+from model.training import Session, add_common_args, build_model, load_tokenizer, setup_run, train_and_val
+from train_pretrain import train_next_token
 
 
 def main():
@@ -19,20 +20,10 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data = SFTDataset(demo_data(args.data_path, "sft.jsonl"), tokenizer, args.max_seq_len)
-    val_path = args.val_path or (None if args.data_path else demo_data(None, "sft_val.jsonl"))
-    val_data = SFTDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
+    train_data, val_data = train_and_val(args, tokenizer, SFTDataset, "sft")
     model = build_model(args, run, tokenizer)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, val_data)
-
-    for batch in session.batches():
-        with run.autocast():
-            out = session.model(batch["input_ids"], labels=batch["labels"])  # labels: assistant tokens only
-            loss = out.loss + out.aux_loss
-        session.backward(loss)
-        if session.ready:
-            session.step(out.loss)
-    session.finish()
+    train_next_token(session, run)  # labels are -100 outside assistant replies: only answers are learned
 
 
 if __name__ == "__main__":

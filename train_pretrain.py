@@ -9,7 +9,7 @@ Reads {"text": ...} jsonl (or a .bin from scripts/pretokenize.py); writes out/pr
 import argparse
 
 from model.dataset import PretrainDataset
-from model.training import Session, add_common_args, build_model, demo_data, load_tokenizer, setup_run
+from model.training import Session, add_common_args, build_model, load_tokenizer, setup_run, train_and_val
 
 
 def main():
@@ -21,13 +21,15 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data = PretrainDataset(demo_data(args.data_path, "pretrain.jsonl"), tokenizer, args.max_seq_len,
-                                 pack=bool(args.pack))
-    val_path = args.val_path or (None if args.data_path else demo_data(None, "pretrain_val.jsonl"))
-    val_data = PretrainDataset(val_path, tokenizer, args.max_seq_len, pack=bool(args.pack)) if val_path else None
+    train_data, val_data = train_and_val(args, tokenizer, PretrainDataset, "pretrain", pack=bool(args.pack))
     model = build_model(args, run, tokenizer)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, val_data)
+    train_next_token(session, run)
 
+
+def train_next_token(session, run):
+    """The loop of pretraining, and of SFT and LoRA too: they differ only in their labels (-100 outside the
+    assistant replies) and in which parameters train."""
     for batch in session.batches():
         with run.autocast():
             out = session.model(batch["input_ids"], labels=batch["labels"])

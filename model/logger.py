@@ -61,24 +61,24 @@ class Logger:
 
     FIELDS = ["step", "epoch", "tokens", "elapsed", "loss", "lr", "grad_norm", "tok_per_s", "mfu", "val_loss"]
 
-    def __init__(self, run, args, name: str, total_steps: int, flops_per_tok: float | None, progress):
+    def __init__(self, run, args, stem: str, total_steps: int, flops_per_tok: float | None, progress):
+        """`stem`: the checkpoint's path without .pth; the CSV and the curve go beside it."""
         self.run, self.args, self.total_steps, self.flops_per_tok = run, args, total_steps, flops_per_tok
-        self.csv_path = os.path.join(args.out_dir, f"{name}_log.csv")
-        self.png_path = os.path.join(args.out_dir, f"{name}_loss.png")
+        self.csv_path, self.png_path = f"{stem}_log.csv", f"{stem}_loss.png"
         self.peak = peak_flops(run.device, run.dtype) if run.is_main and flops_per_tok else None
         self.start, self.elapsed_before = time.time(), progress.elapsed
         self.last_time, self.last_tokens, self.last_step = time.time(), progress.tokens, progress.step
         self.wandb = None
         if not run.is_main:
             return
-        os.makedirs(args.out_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
         if not (args.resume and os.path.exists(self.csv_path)):
             with open(self.csv_path, "w", newline="") as f:
                 csv.writer(f).writerow(self.FIELDS)
         if args.use_wandb:
             import wandb
-            self.wandb = wandb.init(project=args.wandb_project, name=name, id=progress.run_id, resume="allow",
-                                    config=vars(args), dir=args.out_dir)
+            self.wandb = wandb.init(project=args.wandb_project, name=os.path.basename(stem), id=progress.run_id,
+                                    resume="allow", config=vars(args), dir=args.out_dir)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.start

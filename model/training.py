@@ -262,6 +262,17 @@ def demo_data(path: str | None, name: str) -> str:
     return demo
 
 
+def train_and_val(args, tokenizer, dataset_class, demo_name: str, **kwargs):
+    """(train, validation) datasets of one class: --data_path or the demo file `<demo_name>.jsonl`; --val_path,
+    or on demo data the demo's `<demo_name>_val.jsonl` when there is one (None otherwise)."""
+    train = dataset_class(demo_data(args.data_path, f"{demo_name}.jsonl"), tokenizer, args.max_seq_len, **kwargs)
+    val_path = args.val_path
+    if not val_path and not args.data_path and os.path.exists(os.path.join(DEMO_DIR, f"{demo_name}_val.jsonl")):
+        val_path = os.path.join(DEMO_DIR, f"{demo_name}_val.jsonl")
+    val = dataset_class(val_path, tokenizer, args.max_seq_len, **kwargs) if val_path else None
+    return train, val
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Model: built from size flags, or from the previous stage's checkpoint (its config, flags overriding).
 
@@ -402,7 +413,7 @@ class Stepper:
         if torch.isfinite(norm):
             self.scaler.step(self.optimizer)
         else:
-            self.run.print(f"warning: non-finite gradient norm, optimizer step skipped")
+            self.run.print("warning: non-finite gradient norm, optimizer step skipped")
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
@@ -431,6 +442,7 @@ class Progress:
     val_loss: float = float("nan")
     val_bpb: float = float("nan")
     evaluated_step: int = -1
+    eval: dict = field(default_factory=dict)  # the last evaluation's numbers
     elapsed: float = 0.0  # training seconds before this process started (for resumed runs)
     run_id: str = field(default_factory=lambda: f"{int(time.time())}-{os.getpid()}")
 
@@ -472,7 +484,8 @@ class Checkpointer:
                                                    client_state={"progress": asdict(progress), "rng": rng_state()})
         if self.run.is_main:
             meta = {"stage": self.stage, "step": progress.step, "tokens": progress.tokens, "loss": progress.loss,
-                    "val_loss": progress.val_loss, "val_bpb": progress.val_bpb, "args": vars(self.args)}
+                    "val_loss": progress.val_loss, "val_bpb": progress.val_bpb, "eval": progress.eval,
+                    "args": vars(self.args)}
             self.save_fn(self.model, self.weights_path, meta)
             if not self.stepper.deepspeed:
                 state = {"model": unwrap(self.model).state_dict(), **self.stepper.state_dict(),
@@ -612,9 +625,9 @@ class Session:
             evaluate_fn = lambda m: dict(zip(("val_loss", "val_bpb"), evaluate(m, val_data, args, run, byte_lengths,
                                                                                  args.eval_batches)))
         self.evaluate_fn = evaluate_fn
-        name = os.path.basename(self.checkpoints.weights_path)[:-len(".pth")]
         flops = flops_per_token(unwrap(model).config, seq_len or args.max_seq_len)
-        self.logger = Logger(run, args, name, self.total_steps, flops, self.progress)
+        stem = os.path.splitext(self.checkpoints.weights_path)[0]
+        self.logger = Logger(run, args, stem, self.total_steps, flops, self.progress)
         self.stop = StopRequested()
         self.saved_step = self.progress.step if args.resume else None
         run.print(f"data: {len(train_data):,} samples, {self.total_steps} optimizer steps of "
@@ -666,6 +679,7 @@ class Session:
         self.progress.val_loss = results.get("val_loss", self.progress.val_loss)
         self.progress.val_bpb = results.get("val_bpb", self.progress.val_bpb)
         self.progress.evaluated_step = self.progress.step
+        self.progress.eval = {k: float(v) for k, v in results.items()}
         self.logger.eval(self.progress, results)
 
     def save(self):

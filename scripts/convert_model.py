@@ -71,15 +71,23 @@ def unrotate_half(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+# The split regex of Qwen2 (GPT-4's with single digits): MiniMind's tokenizer uses it, so does llama.cpp's "qwen2".
+QWEN2_SPLIT = (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+
+
 def gguf_pre_tokenizer(tokenizer_json: dict) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer: the regexes that split text before BPE."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre])
-    kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex")) for s in steps]
-    if kinds == [("ByteLevel", None, True)]:
+    kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex"), (s.get("pattern") or {}).get("Regex"))
+             for s in steps]
+    if kinds == [("ByteLevel", None, True, None)]:
         return "gpt2"
-    if kinds == [("Digits", True, None), ("ByteLevel", None, True)]:
+    if kinds == [("Digits", True, None, None), ("ByteLevel", None, True, None)]:
         return "refact"  # digits one by one, then GPT-2's regex
+    if kinds == [("Digits", True, None, None), ("Split", None, None, QWEN2_SPLIT), ("ByteLevel", None, False, None)]:
+        return "qwen2"  # the split already isolates single digits, so the Digits step changes nothing
     raise CheckpointError(f"no llama.cpp pre-tokenizer matches {kinds}: text would split differently there")
 
 

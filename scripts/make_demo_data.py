@@ -639,15 +639,15 @@ DOMAIN_SYSTEM = {"en": "You are an assistant who knows the herbal medicine of th
 # Sizes. World size is fixed for a seed; --scale multiplies training rows. Held-out files keep a fixed
 # size so that scores compare across scales.
 # =============================================================================================
-N_COUNTRIES, N_TOWNS, N_PEOPLE, N_RIVERS = 12, 200, 150, 30
-N_PRETRAIN_ONLY_TOWNS, N_PRETRAIN_ONLY_PEOPLE = 40, 30
-N_TWO_HOP_HELDOUT_TOWNS, N_TWO_HOP_HELDOUT_PEOPLE = 40, 30
+N_COUNTRIES, N_TOWNS, N_PEOPLE, N_RIVERS = 12, 60, 40, 12
+N_PRETRAIN_ONLY_TOWNS, N_PRETRAIN_ONLY_PEOPLE = 12, 8
+N_TWO_HOP_HELDOUT_TOWNS, N_TWO_HOP_HELDOUT_PEOPLE = 12, 8
 N_CHARACTERS, N_HELDOUT_CHARACTERS = 40, 16  # word-problem names for training / evaluation only
 N_HELDOUT_OPERATIONS = {"+": 160, "-": 160, "×": 80}
 N_HELDOUT_WORD_PROBLEMS = 240
 
 PRETRAIN_DOCS = {  # documents per entity (both languages together) or in total, at scale 1.0
-    "town": 18, "person": 18, "country": 30, "river": 10, "arithmetic_pages": 2200, "word_problem_pages": 1300,
+    "town": 30, "person": 30, "country": 30, "river": 10, "arithmetic_pages": 2200, "word_problem_pages": 1300,
 }
 STYLE_WEIGHTS = {"encyclopedia": 3, "story": 1, "dialogue": 1}
 PRETRAIN_VAL_FRACTION = 0.03

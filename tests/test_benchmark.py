@@ -22,7 +22,7 @@ from model.chat import DEFAULT_TOKENIZER
 from model.export import save_as_llama, save_as_minimind
 from scripts.eval_benchmark import main as eval_benchmark
 from scripts.eval_bpb import main as eval_bpb
-from tests.test_chat import one_torch_thread, save_checkpoint, tiny_model, tokenizer  # noqa: F401
+from tests.helpers import save_checkpoint, tiny_model, tokenizer
 
 # Each question's taught answer is another question's wrong option, so the model must read the question.
 TAUGHT = [("What colour is the sky?", "blue"), ("What do cows drink?", "water"), ("Which animal barks?", "dog"),

@@ -16,8 +16,8 @@ import pytest
 from model.dataset import SFTDataset
 from model.training import IGNORE, load_tokenizer
 from scripts.distill_blackbox import main as distill, to_messages, with_retries
-from tests.test_chat import THINKING_REPLY, save_checkpoint, scripted_model
-from tests.test_training import ROOT, TOKENIZER
+from tests.helpers import THINKING_REPLY, save_checkpoint, scripted_model
+from tests.helpers import ROOT, TOKENIZER
 
 # THINKING_REPLY is "<think>I think so</think><answer>Yes 是的</answer>": the server returns it as
 # reasoning_content + content, and the script writes it back in minimind's reasoning format.

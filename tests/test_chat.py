@@ -1,78 +1,19 @@
 """Text from token streams (UTF-8, stop strings, <think> split) and eval_model.py on tiny checkpoints.
 
-The helpers at the top (tiny models, a scripted model, checkpoints in a temp dir) serve the other
-talking tests too: test_serve.py, test_web_demo.py, test_convert.py.
+Shared helpers (tiny models, a scripted model, checkpoints in a temp dir) live in tests/helpers.py.
 """
 import argparse
 import os
 import subprocess
 import sys
-from functools import lru_cache
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
-from model import MiniMindConfig, MiniMindForCausalLM
-from model.chat import (DEFAULT_TOKENIZER, IncrementalDetokenizer, ReplyStream, ThinkSplitter, chat_prompt_ids,
+from model.chat import (IncrementalDetokenizer, ReplyStream, ThinkSplitter,
                         split_think)
-from model.checkpoint import CheckpointError, checkpoint_path, save_weights
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-THINKING_REPLY = "<think>I think so</think><answer>Yes 是的</answer>"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run many tiny ops; on a busy 2-core machine one thread is up to 10x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@lru_cache
-def tokenizer():
-    return AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
-
-
-def tiny_model(seed=0, **overrides):
-    """A random 64 x 2 model. Untied: a random model with tied embeddings greedily repeats its input token,
-    which would make 'same tokens batched and alone' hold trivially."""
-    torch.manual_seed(seed)
-    kw = dict(vocab_size=len(tokenizer()), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False)
-    return MiniMindForCausalLM(MiniMindConfig(**{**kw, **overrides})).eval()
-
-
-def scripted_model(reply=THINKING_REPLY, **overrides):
-    """A model whose greedy answer to any chat prompt is `reply` followed by eos.
-
-    Every layer's output projections are zero, so the residual stream is the current token's embedding and
-    the next token depends on the current one only. Embeddings put each token of the chain on its own axis
-    and the (untied) head maps that axis to the token's successor. The reply's tokens must be distinct.
-    """
-    tok = tokenizer()
-    after = chat_prompt_ids(tok, [{"role": "user", "content": "hi"}])[-1]  # the generation prompt's last token
-    chain = [after] + tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    model = tiny_model(**overrides)
-    assert len(set(chain)) == len(chain) <= model.config.hidden_size
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.lm_head.weight.zero_()
-        for axis, (token, successor) in enumerate(zip(chain, chain[1:])):
-            model.model.embed_tokens.weight[token] = 0
-            model.model.embed_tokens.weight[token, axis] = 1
-            model.lm_head.weight[successor, axis] = 10
-    return model
-
-
-def save_checkpoint(model, out_dir, stage="full_sft"):
-    path = checkpoint_path(str(out_dir), stage, model.config.hidden_size, model.config.use_moe)
-    save_weights(model, path, {"stage": stage}, dtype=torch.float32)
-    return path
+from model.checkpoint import CheckpointError
+from tests.helpers import ROOT, THINKING_REPLY, save_checkpoint, scripted_model, tiny_model, tokenizer
 
 
 def stream_text(token_ids, **kw):

@@ -7,7 +7,7 @@ from model.chat import chat_prompt_ids
 from model.checkpoint import load_model
 from model.model_lora import apply_lora, save_lora
 from scripts.convert_model import main as convert
-from tests.test_chat import one_torch_thread, save_checkpoint, tiny_model, tokenizer  # noqa: F401
+from tests.helpers import save_checkpoint, tiny_model, tokenizer
 
 IDS = torch.tensor([[1, 300, 2000, 45, 6000, 17, 205, 3]])
 
@@ -97,7 +97,7 @@ def test_gguf_reads_back_with_the_right_tensors_and_metadata(tmp_path, tied):
     assert field("llama.context_length") == config.max_position_embeddings
     assert field("llama.feed_forward_length") == config.intermediate_size
     assert field("llama.rope.freq_base") == config.rope_theta
-    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "refact"
+    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.pre") == "qwen2"
     tokens = field("tokenizer.ggml.tokens")
     assert len(tokens) == config.vocab_size and tokens[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     assert field("tokenizer.ggml.eos_token_id") == tok.eos_token_id

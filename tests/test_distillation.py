@@ -14,19 +14,10 @@ from model import MiniMindConfig, MiniMindForCausalLM
 from model.checkpoint import load_model, save_weights
 from model.dataset import SFTDataset
 from model.training import IGNORE, Run, load_tokenizer
-from tests.test_training import TOKENIZER
+from tests.helpers import TOKENIZER
 from train_distillation import check_same_vocab, distillation_loss, load_teacher, main, teacher_kl
 
 CPU = Run(torch.device("cpu"), torch.float32)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run many tiny ops; on a busy 2-core machine one thread is faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(hidden, vocab_size=6400, seed=0):

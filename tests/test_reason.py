@@ -14,7 +14,7 @@ from model.checkpoint import read_meta, save_weights
 from model.dataset import ReasonDataset
 from model.reasoning import follows_template, split_reasoning
 from model.training import IGNORE, load_tokenizer
-from tests.test_training import ROOT, TOKENIZER
+from tests.helpers import ROOT, TOKENIZER
 from train_distill_reason import reasoning_scores, weighted_cross_entropy
 
 TAG_IDS = (3, 4, 5, 6)  # <think> </think> <answer> </answer>: added tokens of the shipped tokenizer
@@ -113,7 +113,7 @@ def test_decoded_replies_keep_the_tag_tokens():
     """The tags are added tokens but not special ones: decoding with skip_special_tokens=True (as the
     evaluation does) must keep them, or no reply could ever follow the template."""
     from model.evaluation import answer_questions
-    from tests.test_chat import THINKING_REPLY, scripted_model
+    from tests.helpers import THINKING_REPLY, scripted_model
     reply, = answer_questions(scripted_model(THINKING_REPLY), load_tokenizer(TOKENIZER), ["hi"], max_new_tokens=16)
     assert reply == THINKING_REPLY
     assert split_reasoning(reply) == ("I think so", "Yes 是的")

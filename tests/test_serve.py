@@ -15,7 +15,7 @@ import uvicorn
 
 from model.serving import Engine, SamplingParams
 from scripts.serve_openai_api import create_app
-from tests.test_chat import THINKING_REPLY, one_torch_thread, scripted_model, tiny_model, tokenizer  # noqa: F401
+from tests.helpers import THINKING_REPLY, scripted_model, tiny_model, tokenizer
 
 KEY = "test-key"
 USER = [{"role": "user", "content": "hi"}]

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -20,8 +19,7 @@ from model.dataset import PretrainDataset
 from model.training import (Run, Session, Stepper, NonFiniteLoss, add_common_args, batch_order, cosine_lr, evaluate,
                             load_tokenizer, token_byte_lengths)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
+from tests.helpers import ROOT, TOKENIZER
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
         "--dtype", "float32", "--device", "cpu", "--log_interval", "1", "--eval_batches", "2"]
 

@@ -3,7 +3,7 @@ import os
 
 from streamlit.testing.v1 import AppTest
 
-from tests.test_chat import one_torch_thread, save_checkpoint, scripted_model, tiny_model  # noqa: F401
+from tests.helpers import save_checkpoint, scripted_model, tiny_model
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "web_demo.py")
 

@@ -1,0 +1,257 @@
+"""The whole MiniMind chain in one command, with a report card.
+
+    python run_demo.py                                     # CPU, ~15 minutes: bundled demo data, demo-size model
+    python run_demo.py --preset full --data_dir dataset --device cuda --nproc 8    # published data, 512 x 8
+
+Each stage is the ordinary train_*.py script, run as a subprocess (under torchrun when --nproc > 1) with the
+flags shown in the report, so anything here can be re-run by hand. After each stage the runner measures the
+checkpoint on held-out data: bits per byte on held-out text, and, on the demo, accuracy on held-out
+questions asked in phrasings never seen in training, with sample answers. Everything goes to
+<out_dir>/report.md as it happens (loss curves beside it).
+"""
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEMO = os.path.join(ROOT, "dataset", "demo")
+
+
+@dataclass
+class Stage:
+    name: str  # the report's name for it
+    script: str
+    flags: list[str]
+    product: str  # the checkpoint it writes
+    base: str | None = None  # for LoRA: the model the adapters go on
+    chat: bool = True  # ask held-out questions through the chat template (False: as plain text)
+    note: str = ""
+    results: dict = field(default_factory=dict)
+
+
+def sized(hidden: int, layers: int) -> list[str]:
+    return ["--hidden_size", str(hidden), "--num_hidden_layers", str(layers)]
+
+
+def demo_stages(args) -> list[Stage]:
+    """A model small enough to train on 2 CPU cores in minutes; budgets chosen by measurement."""
+    h, out = args.hidden_size, args.out_dir
+    ckpt = lambda stage, hidden=h: os.path.join(out, f"{stage}_{hidden}.pth")  # noqa: E731
+    common = ["--out_dir", out, "--max_seq_len", "256", "--log_interval", "25", "--save_interval", "1000000",
+              "--device", args.device, "--batch_size", "16", "--warmup_iters", "20", "--eval_batches", "20"]
+    main = sized(h, args.num_hidden_layers) + common
+    student = sized(args.student_hidden_size, args.student_layers) + common
+    return [
+        Stage("pretrain", "train_pretrain.py", main + ["--epochs", "1", "--learning_rate", "2e-3"],
+              ckpt("pretrain"), chat=False,
+              note="The pretrained model only continues text, so its held-out questions are asked as plain text."),
+        Stage("full_sft", "train_full_sft.py", main + ["--epochs", "1", "--learning_rate", "1e-3"], ckpt("full_sft")),
+        Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
+                                                        "--learning_rate", "2e-3"],
+              os.path.join(out, "lora", f"lora_identity_{h}.pth"), base=ckpt("full_sft"),
+              note="LoRA adds the identity (who am I) to the SFT model; the other categories should hold."),
+        Stage("dpo", "train_dpo.py", main + ["--max_steps", "150", "--learning_rate", "2e-5", "--batch_size", "8",
+                                             "--eval_interval", "50"], ckpt("rlhf")),
+        Stage("reason", "train_distill_reason.py", main + ["--max_steps", "200", "--learning_rate", "1e-3",
+                                                           "--eval_samples", "100", "--max_new_tokens", "160"],
+              ckpt("reason")),
+        Stage("student_sft", "train_full_sft.py", student + ["--from_weight", "none", "--max_steps", "300",
+                                                             "--learning_rate", "2e-3"],
+              ckpt("full_sft", args.student_hidden_size),
+              note="Baseline for distillation: the small student trained from scratch on the SFT data alone."),
+        Stage("distill", "train_distillation.py", student + [
+            "--from_weight", "none", "--teacher_weight", ckpt("full_sft"), "--max_steps", "300",
+            "--learning_rate", "2e-3"], ckpt("full_dist", args.student_hidden_size),
+              note="The same student, same steps, also matching the SFT model's (the teacher's) distributions."),
+    ]
+
+
+def full_stages(args) -> list[Stage]:
+    """The published recipe (minimind's defaults) on the published files in --data_dir."""
+    d, out, h = args.data_dir, args.out_dir, args.hidden_size
+    ckpt = lambda stage: os.path.join(out, f"{stage}_{h}.pth")  # noqa: E731
+    common = sized(h, args.num_hidden_layers) + ["--out_dir", out, "--device", args.device, "--num_workers", "4"]
+    data = lambda name: ["--data_path", os.path.join(d, name)]  # noqa: E731
+    return [
+        Stage("pretrain", "train_pretrain.py", common + data("pretrain_hq.jsonl") + [
+            "--batch_size", "32", "--accumulation_steps", "8", "--learning_rate", "5e-4", "--max_seq_len", "512"],
+              ckpt("pretrain"), chat=False),
+        Stage("full_sft", "train_full_sft.py", common + data("sft_mini_512.jsonl") + [
+            "--epochs", "2", "--batch_size", "16", "--learning_rate", "5e-5", "--max_seq_len", "512"],
+              ckpt("full_sft")),
+        Stage("lora_identity", "train_lora.py", common + data("lora_identity.jsonl") + [
+            "--lora_name", "identity", "--epochs", "10", "--batch_size", "32", "--learning_rate", "1e-4"],
+              os.path.join(out, "lora", f"lora_identity_{h}.pth"), base=ckpt("full_sft")),
+        Stage("dpo", "train_dpo.py", common + data("dpo.jsonl") + [
+            "--batch_size", "4", "--learning_rate", "4e-8", "--max_seq_len", "1024"], ckpt("rlhf")),
+        Stage("reason", "train_distill_reason.py", common + data("r1_mix_1024.jsonl") + [
+            "--batch_size", "8", "--learning_rate", "1e-6", "--max_seq_len", "1024"], ckpt("reason")),
+    ]
+
+
+def run_stage(stage: Stage, args, log_dir: str) -> float:
+    """Run one training script, teeing its output to <log_dir>/<stage>.log; returns wall seconds."""
+    launcher = [sys.executable]
+    if args.nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc)]
+    cmd = launcher + [stage.script] + stage.flags
+    print(f"\n=== {stage.name}: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    start = time.time()
+    with open(os.path.join(log_dir, f"{stage.name}.log"), "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        for line in proc.stdout:
+            if "\r" not in line:  # progress bars go to the log only
+                print(line, end="", flush=True)
+            log.write(line)
+    if proc.wait() != 0:
+        sys.exit(f"{stage.name} failed (exit {proc.returncode}); see {log_dir}/{stage.name}.log")
+    return time.time() - start
+
+
+def training_numbers(stage: Stage) -> dict:
+    """Steps, tokens, throughput and losses from the checkpoint's JSON meta and the run's CSV log."""
+    stem = os.path.splitext(stage.product)[0]
+    with open(stem + ".json") as f:
+        meta = json.load(f)
+    with open(stem + "_log.csv") as f:
+        speeds = [float(r["tok_per_s"]) for r in csv.DictReader(f) if r.get("tok_per_s")]
+    speeds = speeds[1:] or speeds  # the first interval includes start-up
+    return {"tokens": meta["tokens"], "steps": meta["step"], "train_loss": meta["loss"],
+            "val_loss": meta.get("val_loss"), "eval": meta.get("eval", {}),
+            "tok_per_s": sum(speeds) / len(speeds) if speeds else float("nan"), "curve": stem + "_loss.png"}
+
+
+def load_stage_model(stage: Stage, device: str):
+    from model.checkpoint import load_model
+    if stage.base is None:
+        return load_model(stage.product, device=device)[0]
+    from model.model_lora import load_lora, merge_lora
+    model = load_model(stage.base, device=device)[0]
+    load_lora(model, stage.product)
+    return merge_lora(model)
+
+
+def measure(stage: Stage, args, rows: list[dict]) -> dict:
+    """Bits per byte on held-out text, and held-out question accuracy per category with sample answers."""
+    import torch
+    from model.benchmark import bits_per_byte
+    from model.evaluation import answer_questions
+    from model.training import load_tokenizer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_stage_model(stage, args.eval_device).float().eval()
+    tokenizer = load_tokenizer(os.path.join(ROOT, "model", "tokenizer"))
+    results = {}
+    if args.bpb_path:
+        results["bpb"] = bits_per_byte(model, tokenizer, args.bpb_path, max_seq_len=256)["bits_per_byte"]
+    if rows:
+        from scripts.make_demo_data import score
+        replies = answer_questions(model, tokenizer, [r["question"] for r in rows], max_new_tokens=args.max_new_tokens,
+                                   chat=stage.chat)
+        results["accuracy"] = score(replies, rows)
+        step = max(1, len(rows) // 8)
+        results["samples"] = [(rows[i]["question"], replies[i]) for i in range(0, len(rows), step)][:8]
+    return results
+
+
+def pct(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def write_report(stages: list[Stage], args, path: str, total_seconds: float):
+    done = [s for s in stages if s.results]
+    lines = ["# MiniMind report card", "",
+             f"Preset `{args.preset}`, model {args.hidden_size} x {args.num_hidden_layers}, device `{args.device}`, "
+             f"{args.nproc} process(es). Wall time: {total_seconds / 60:.1f} min.", "",
+             "| stage | time | steps | tokens | tokens/s | train loss | held-out loss | held-out bits/byte | "
+             "held-out accuracy |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in done:
+        r = s.results
+        acc = r.get("accuracy", {}).get("overall")
+        val = r.get("val_loss")
+        lines.append(f"| {s.name} | {r['seconds'] / 60:.1f} min | {r['steps']} | {r['tokens']:,} | "
+                     f"{r['tok_per_s']:,.0f} | {r['train_loss']:.3f} | {'' if val is None else f'{val:.3f}'} | "
+                     f"{r.get('bpb', float('nan')):.3f} | {pct(acc)} |")
+    lines += ["", "Held-out loss is each stage's own validation set (text for pretraining, replies for chat "
+              "stages, the DPO loss for DPO); bits per byte is on the same held-out pretraining text for every "
+              "stage, so stages compare."]
+    categories = sorted({c for s in done for c in s.results.get("accuracy", {}) if c != "overall"})
+    if categories:
+        lines += ["", "## Held-out accuracy by category", "",
+                  "Questions never seen in training: facts asked in new phrasings, facts stated only in the "
+                  "pretraining text, two-hop combinations, unseen arithmetic and word problems, identity and the "
+                  "herb domain (the last two are taught only by LoRA data).", "",
+                  "| stage | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+        for s in done:
+            acc = s.results.get("accuracy")
+            if acc:
+                lines.append(f"| {s.name} | " + " | ".join(pct(acc.get(c)) for c in categories) + " |")
+    for s in done:
+        lines += ["", f"## {s.name}", "", f"`python {s.script} {' '.join(shlex.quote(f) for f in s.flags)}`", ""]
+        if s.note:
+            lines += [s.note, ""]
+        if s.results.get("eval"):
+            lines += ["Last evaluation in training: " + ", ".join(f"{k} {v:.4g}" for k, v in s.results["eval"].items()),
+                      ""]
+        if os.path.exists(s.results["curve"]):
+            lines += [f"![{s.name} loss]({os.path.relpath(s.results['curve'], os.path.dirname(path))})", ""]
+        for question, reply in s.results.get("samples", []):
+            reply = " ".join(reply.split())[:200]
+            lines.append(f"- **Q:** {' '.join(question.split())}  \n  **A:** {reply}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="demo", choices=["demo", "full"])
+    parser.add_argument("--data_dir", default="dataset", help="the published files, for --preset full")
+    parser.add_argument("--out_dir", default=None, help="default: out/demo (demo) or out (full)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per stage, via torchrun")
+    parser.add_argument("--hidden_size", type=int, default=None, help="default 256 (demo) or 512 (full)")
+    parser.add_argument("--num_hidden_layers", type=int, default=None, help="default 4 (demo) or 8 (full)")
+    parser.add_argument("--student_hidden_size", type=int, default=128, help="the demo's distillation student")
+    parser.add_argument("--student_layers", type=int, default=2)
+    parser.add_argument("--stages", default=None, help="comma-separated subset of the stage names")
+    parser.add_argument("--bpb_path", default=None, help="held-out text for bits per byte (demo: pretrain_val)")
+    parser.add_argument("--max_new_tokens", type=int, default=48)
+    args = parser.parse_args()
+    demo = args.preset == "demo"
+    args.out_dir = args.out_dir or ("out/demo" if demo else "out")
+    args.hidden_size = args.hidden_size or (256 if demo else 512)
+    args.num_hidden_layers = args.num_hidden_layers or (4 if demo else 8)
+    args.eval_device = "cpu" if args.device in ("auto", "cpu") else args.device
+    log_dir = os.path.join(args.out_dir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+
+    start = time.time()
+    rows = []
+    if demo:
+        from scripts.make_demo_data import generate
+        generate(DEMO)
+        with open(os.path.join(DEMO, "eval.jsonl"), encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        args.bpb_path = args.bpb_path or os.path.join(DEMO, "pretrain_val.jsonl")
+    stages = demo_stages(args) if demo else full_stages(args)
+    if args.stages:
+        stages = [s for s in stages if s.name in args.stages.split(",")]
+    report = os.path.join(args.out_dir, "report.md")
+    for stage in stages:
+        seconds = run_stage(stage, args, log_dir)
+        stage.results = {"seconds": seconds, **training_numbers(stage), **measure(stage, args, rows)}
+        if "accuracy" in stage.results:
+            print(f"{stage.name}: held-out accuracy {pct(stage.results['accuracy']['overall'])}", flush=True)
+        write_report(stages, args, report, time.time() - start)
+    print(f"\ndone in {(time.time() - start) / 60:.1f} min; report card: {report}")
+
+
+if __name__ == "__main__":
+    main()

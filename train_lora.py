@@ -1,0 +1,88 @@
+"""LoRA fine-tuning: the SFT model learns a new skill through small low-rank adapters beside its frozen weights.
+
+    python train_lora.py                                    # out/full_sft_512.pth + demo identity chats
+    python train_lora.py --lora_name domain                 # demo herbal-medicine chats (lora_domain.jsonl)
+    python train_lora.py --data_path dataset/lora_medical.jsonl --lora_name medical --lora_rank 16
+    python train_lora.py --mix_path dataset/demo/sft.jsonl  # replay general chats beside the new skill
+
+Same data format and loss as train_full_sft.py (only assistant replies are learned), but every base weight
+stays frozen: at rank 8 on MiniMind2 (512 x 8) the adapters are 0.58M numbers beside 25.8M, so training is
+light and the base model stays intact underneath (drop the adapters and it is back). Only the adapters are
+saved, to out/lora/lora_<name>_<hidden>[_moe].pth with a JSON meta (rank, alpha, targets, base config);
+`eval_model.py --lora_name <name>` or `model.model_lora.load_lora(model, path)` puts them on a base again.
+
+Frozen weights do not mean nothing is forgotten: the adapters change what the model computes for every
+prompt. Train on the new skill alone and a small model answers everything with it; mix in some of the
+SFT data (--mix_path, replay) to keep the old skills. --epochs defaults to 10 because LoRA sets are small.
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch.utils.data import ConcatDataset, Subset
+
+from model.checkpoint import checkpoint_path
+from model.dataset import SFTDataset
+from model.model_lora import DEFAULT_TARGETS, apply_lora, count_parameters, save_lora
+from model.training import Session, add_common_args, build_model, demo_data, load_tokenizer, setup_run
+
+DEMO_SETS = ("identity", "domain")  # dataset/demo/lora_<name>.jsonl
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, learning_rate=1e-4, from_weight="full_sft", epochs=10)
+    g = parser.add_argument_group("lora")
+    g.add_argument("--lora_name", default="identity",
+                   help=f"names the output file; without --data_path, the demo set ({', '.join(DEMO_SETS)})")
+    g.add_argument("--lora_rank", type=int, default=8, help="r: the rank of each update B A")
+    g.add_argument("--lora_alpha", type=float, default=16, help="the update is scaled by alpha / r")
+    g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapters' input")
+    g.add_argument("--lora_targets", default=",".join(DEFAULT_TARGETS),
+                   help="comma-separated names of the projections that get adapters")
+    g.add_argument("--mix_path", default=None,
+                   help="general chats (e.g. the SFT data) replayed beside the new skill, so the model keeps "
+                        "answering everything else as before instead of giving the new answer to every question")
+    g.add_argument("--mix_ratio", type=float, default=1.0, help="replayed chats per LoRA chat")
+    args = parser.parse_args()
+    if not args.data_path and args.lora_name not in DEMO_SETS:
+        sys.exit(f"--lora_name {args.lora_name}: no demo set of that name ({', '.join(DEMO_SETS)}); "
+                 "pass --data_path")
+    run = setup_run(args)
+
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    train_data = SFTDataset(demo_data(args.data_path, f"lora_{args.lora_name}.jsonl"), tokenizer, args.max_seq_len)
+    if args.mix_path:
+        replay = SFTDataset(args.mix_path, tokenizer, args.max_seq_len)
+        picked = torch.randperm(len(replay), generator=torch.Generator().manual_seed(args.seed))
+        picked = picked[:int(args.mix_ratio * len(train_data))].tolist()
+        run.print(f"data: {len(train_data)} LoRA chats + {len(picked)} replayed from {args.mix_path}")
+        train_data = ConcatDataset([train_data, Subset(replay, picked)])
+    val_data = SFTDataset(args.val_path, tokenizer, args.max_seq_len) if args.val_path else None
+    model = build_model(args, run, tokenizer)
+    targets = [t.strip() for t in args.lora_targets.split(",")]
+    apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
+    trainable, total = count_parameters(model)
+    run.print(f"lora: rank {args.lora_rank}, alpha {args.lora_alpha} on {args.lora_targets}: "
+              f"{trainable / 1e6:.3f}M trainable of {total / 1e6:.2f}M ({100 * trainable / total:.2f}%)")
+    config = model.config
+    weights_path = checkpoint_path(os.path.join(args.out_dir, "lora"), f"lora_{args.lora_name}",
+                                   config.hidden_size, config.use_moe)
+    # The optimizer sees only the adapters (the frozen weights have requires_grad False); the product is
+    # the adapters alone (save_lora), while the resume state keeps the whole model as for every stage.
+    session = Session(args, run, model, train_data, f"lora_{args.lora_name}", tokenizer, val_data,
+                      weights_path=weights_path, save_fn=save_lora)
+
+    for batch in session.batches():
+        with run.autocast():
+            out = session.model(batch["input_ids"], labels=batch["labels"])  # labels: assistant tokens only
+            loss = out.loss + out.aux_loss
+        session.backward(loss)
+        if session.ready:
+            session.step(out.loss)
+    session.finish()
+
+
+if __name__ == "__main__":
+    main()
