@@ -16,11 +16,13 @@ from train_pretrain import train_next_token
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, learning_rate=5e-5, from_weight="pretrain", save_weight="full_sft")
+    parser.add_argument("--pack", type=int, default=0, choices=[0, 1],
+                        help="1: several short chats per window (no compute spent on padding)")
     args = parser.parse_args()
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data, val_data = train_and_val(args, tokenizer, SFTDataset, "sft")
+    train_data, val_data = train_and_val(args, tokenizer, SFTDataset, "sft", pack_chats=bool(args.pack))
     model = build_model(args, run, tokenizer)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, val_data)
     train_next_token(session, run)  # labels are -100 outside assistant replies: only answers are learned

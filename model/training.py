@@ -16,9 +16,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .logger import Logger, flops_per_token
 from .checkpoint import (atomic_torch_save, checkpoint_path, clean_state_dict, load_model, save_weights,
                          unwrap)
+from .dataset import PackedDataset
+from .logger import Logger, flops_per_token
 from .model_minimind import MiniMindConfig, MiniMindForCausalLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,10 +263,13 @@ def demo_data(path: str | None, name: str) -> str:
     return demo
 
 
-def train_and_val(args, tokenizer, dataset_class, demo_name: str, **kwargs):
+def train_and_val(args, tokenizer, dataset_class, demo_name: str, pack_chats: bool = False, **kwargs):
     """(train, validation) datasets of one class: --data_path or the demo file `<demo_name>.jsonl`; --val_path,
-    or on demo data the demo's `<demo_name>_val.jsonl` when there is one (None otherwise)."""
+    or on demo data the demo's `<demo_name>_val.jsonl` when there is one (None otherwise). `pack_chats` fills
+    the training windows with several chats (PackedDataset); validation stays one chat per row."""
     train = dataset_class(demo_data(args.data_path, f"{demo_name}.jsonl"), tokenizer, args.max_seq_len, **kwargs)
+    if pack_chats:
+        train = PackedDataset(train, args.max_seq_len, args.seed)
     val_path = args.val_path
     if not val_path and not args.data_path and os.path.exists(os.path.join(DEMO_DIR, f"{demo_name}_val.jsonl")):
         val_path = os.path.join(DEMO_DIR, f"{demo_name}_val.jsonl")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model.dataset import (IGNORE, REASON_TAGS, DataError, DPODataset, JsonlIndex, PretrainDataset, ReasonDataset,
-                           RLPromptDataset, SFTDataset)
+from model.dataset import (IGNORE, REASON_TAGS, DataError, DPODataset, JsonlIndex, PackedDataset, PretrainDataset,
+                           ReasonDataset, RLPromptDataset, SFTDataset)
 from scripts import pretokenize as pretok
 
 TOKENIZER_DIR = str(Path(__file__).resolve().parents[1] / "model" / "tokenizer")
@@ -117,6 +117,27 @@ def test_max_samples_and_pickling(tok, tmp_path):
     assert len(ds) == 3
     first = ds[0]["input_ids"]
     assert torch.equal(pickle.loads(pickle.dumps(ds))[0]["input_ids"], first)  # as DataLoader workers get it
+
+
+def test_packing_keeps_every_sample_and_its_labels(tok, tmp_path):
+    chats = [[{"role": "user", "content": f"Q{i}" * (1 + i % 4)}, {"role": "assistant", "content": f"A{i}"}]
+             for i in range(9)]
+    sft = SFTDataset(write_jsonl(tmp_path / "sft.jsonl", [{"conversations": c} for c in chats]), tok, 96)
+    packed = PackedDataset(sft, 96, seed=1)
+    assert len(packed) < len(sft)  # several chats share a window
+    assert sorted(i for w in packed.windows for i in w) == list(range(len(sft)))  # each sample exactly once
+    for w in range(len(packed)):
+        row = packed[w]
+        assert row["input_ids"].shape == row["labels"].shape == (96,)
+        # The window is its chats back to back, each with its own labels, then padding that is not learned.
+        expected_ids, expected_labels = [], []
+        for i in packed.windows[w]:
+            n = int((sft[i]["input_ids"] != tok.pad_token_id).sum())
+            expected_ids += sft[i]["input_ids"][:n].tolist()
+            expected_labels += sft[i]["labels"][:n].tolist()
+        n = len(expected_ids)
+        assert row["input_ids"][:n].tolist() == expected_ids and row["labels"][:n].tolist() == expected_labels
+        assert (row["input_ids"][n:] == tok.pad_token_id).all() and (row["labels"][n:] == IGNORE).all()
 
 
 # --- DPO, reasoning, RL prompts ---------------------------------------------------------------
