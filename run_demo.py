@@ -31,6 +31,7 @@ class Stage:
     product: str  # the checkpoint it writes
     base: str | None = None  # for LoRA: the model the adapters go on
     chat: bool = True  # ask held-out questions through the chat template (False: as plain text)
+    max_new_tokens: int | None = None  # for held-out answers (None: --max_new_tokens); reasoning thinks first
     note: str = ""
     results: dict = field(default_factory=dict)
 
@@ -44,31 +45,36 @@ def demo_stages(args) -> list[Stage]:
     h, out = args.hidden_size, args.out_dir
     ckpt = lambda stage, hidden=h: os.path.join(out, f"{stage}_{hidden}.pth")  # noqa: E731
     common = ["--out_dir", out, "--max_seq_len", "256", "--log_interval", "25", "--save_interval", "1000000",
-              "--device", args.device, "--batch_size", "16", "--warmup_iters", "20", "--eval_batches", "20"]
+              "--device", args.device, "--warmup_iters", "20", "--eval_batches", "20"]
     main = sized(h, args.num_hidden_layers) + common
-    student = sized(args.student_hidden_size, args.student_layers) + common
+    student = sized(args.student_hidden_size, args.student_layers) + common + ["--batch_size", "16"]
+    # Small batches: on this little data the number of updates, more than the tokens, decides what is learned.
     return [
-        Stage("pretrain", "train_pretrain.py", main + ["--epochs", "1", "--learning_rate", "2e-3"],
+        Stage("pretrain", "train_pretrain.py", main + ["--epochs", "1", "--batch_size", "8", "--learning_rate", "2e-3"],
               ckpt("pretrain"), chat=False,
               note="The pretrained model only continues text, so its held-out questions are asked as plain text."),
-        Stage("full_sft", "train_full_sft.py", main + ["--epochs", "1", "--learning_rate", "1e-3"], ckpt("full_sft")),
+        Stage("full_sft", "train_full_sft.py", main + ["--epochs", "1", "--batch_size", "4", "--pack", "1",
+                                                       "--learning_rate", "1e-3"], ckpt("full_sft"),
+              note="Short chats packed several to a 256-token window, each learning only its replies."),
         Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
-                                                        "--learning_rate", "1e-3", "--mix_path",
+                                                        "--batch_size", "16", "--learning_rate", "4e-3", "--mix_path",
                                                         os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "1"],
               os.path.join(out, "lora", f"lora_identity_{h}.pth"), base=ckpt("full_sft"),
               note="LoRA adds the identity (who am I) to the SFT model, with as many general chats replayed "
                    "beside the identity chats so that the other categories hold."),
-        Stage("dpo", "train_dpo.py", main + ["--max_steps", "150", "--learning_rate", "5e-6", "--batch_size", "8",
-                                             "--eval_interval", "50"], ckpt("rlhf")),
-        Stage("reason", "train_distill_reason.py", main + ["--max_steps", "200", "--learning_rate", "1e-3",
-                                                           "--eval_samples", "100", "--max_new_tokens", "160"],
-              ckpt("reason")),
-        Stage("student_sft", "train_full_sft.py", student + ["--from_weight", "none", "--max_steps", "300",
+        Stage("dpo", "train_dpo.py", main + ["--max_steps", "100", "--batch_size", "8", "--learning_rate", "5e-6",
+                                             "--eval_batches", "40"], ckpt("rlhf"),
+              note="Preference accuracy is measured on all 300 held-out pairs (40 batches of 8)."),
+        Stage("reason", "train_distill_reason.py", main + ["--max_steps", "100", "--batch_size", "16",
+                                                           "--learning_rate", "1e-3", "--eval_samples", "100",
+                                                           "--max_new_tokens", "160"],
+              ckpt("reason"), max_new_tokens=160),
+        Stage("student_sft", "train_full_sft.py", student + ["--from_weight", "none", "--max_steps", "200",
                                                              "--learning_rate", "2e-3"],
               ckpt("full_sft", args.student_hidden_size),
               note="Baseline for distillation: the small student trained from scratch on the SFT data alone."),
         Stage("distill", "train_distillation.py", student + [
-            "--from_weight", "none", "--teacher_weight", ckpt("full_sft"), "--max_steps", "300",
+            "--from_weight", "none", "--teacher_weight", ckpt("full_sft"), "--max_steps", "200",
             "--learning_rate", "2e-3"], ckpt("full_dist", args.student_hidden_size),
               note="The same student, same steps, also matching the SFT model's (the teacher's) distributions."),
     ]
@@ -155,8 +161,8 @@ def measure(stage: Stage, args, rows: list[dict]) -> dict:
         results["bpb"] = bits_per_byte(model, tokenizer, args.bpb_path, max_seq_len=256)["bits_per_byte"]
     if rows:
         from scripts.make_demo_data import score
-        replies = answer_questions(model, tokenizer, [r["question"] for r in rows], max_new_tokens=args.max_new_tokens,
-                                   chat=stage.chat)
+        replies = answer_questions(model, tokenizer, [r["question"] for r in rows], chat=stage.chat,
+                                   max_new_tokens=stage.max_new_tokens or args.max_new_tokens)
         results["accuracy"] = score(replies, rows)
         step = max(1, len(rows) // 8)
         results["samples"] = [(rows[i]["question"], replies[i]) for i in range(0, len(rows), step)][:8]

@@ -220,17 +220,22 @@ class Attention(nn.Module):
         return self.resid_dropout(self.o_proj(out))
 
     def explicit_attention(self, q, k, v, mask, is_causal, dropout):
-        """softmax(q k^T / sqrt(d) + mask) v, written out: the reference the SDPA path must match."""
-        groups = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        """softmax(q k^T / sqrt(d) + mask) v, written out: the reference the SDPA path must match.
+
+        The query heads of one group are stacked along the length so that they share their key/value head in
+        one matmul, without copies of K and V."""
+        B, H, L, D = q.shape
+        kv_heads, S = k.shape[1], k.shape[2]
+        groups = H // kv_heads
+        q = q.reshape(B, kv_heads, groups * L, D)
+        scores = (q @ k.transpose(-2, -1)).view(B, kv_heads, groups, L, S) / math.sqrt(D)
         if is_causal:
-            L, S = q.shape[-2], k.shape[-2]
             mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(S - L)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = F.dropout(F.softmax(scores.float(), dim=-1).type_as(q), p=dropout, training=dropout > 0)
-        return probs @ v
+            scores = scores.masked_fill(~(mask.unsqueeze(-3) if mask.dim() == 4 else mask), float("-inf"))
+        probs = F.dropout(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), p=dropout,
+                          training=dropout > 0)
+        return (probs.view(B, kv_heads, groups * L, S) @ v).view(B, H, L, D)
 
 
 class FeedForward(nn.Module):

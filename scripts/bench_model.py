@@ -2,6 +2,7 @@
 
     python scripts/bench_model.py                    # 512 x 8, vocab 6400, CPU threads as set by torch
     python scripts/bench_model.py --device cuda --batch_size 32 --seq_len 512
+    python scripts/bench_model.py --compile 1        # also both models under torch.compile (train_*.py --compile 1)
 
 Both models hold the same weights (MiniMind's state dict loads into LlamaForCausalLM unchanged). Steps of A
 and B are interleaved and the median is taken, because this kind of machine drifts 15-20% between runs;
@@ -43,12 +44,13 @@ def interleaved(fns: dict, reps: int, device) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def train_step_fn(model, ids, dtype, device):
+def train_step_fn(model, ids, dtype, device, compiled=False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    forward = torch.compile(model) if compiled else model
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(ids, labels=ids).loss
+            loss = forward(ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -66,6 +68,8 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: train,decode")
+    parser.add_argument("--compile", type=int, default=0, choices=[0, 1],
+                        help="1: also train both models under torch.compile (about a minute of compiling each)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -86,18 +90,19 @@ def main():
     if "train" not in args.skip:
         ids = torch.randint(3, config.vocab_size, (args.batch_size, args.seq_len), device=device)
         tokens = ids.numel()
-        for dtype in dtypes:
-            t = interleaved({"minimind": train_step_fn(ours, ids, dtype, device),
-                             "hf_llama": train_step_fn(hf, ids, dtype, device)}, args.reps, device)
+        for dtype, compiled in [(d, c) for c in range(args.compile + 1) for d in dtypes]:
+            t = interleaved({"minimind": train_step_fn(ours, ids, dtype, device, compiled),
+                             "hf_llama": train_step_fn(hf, ids, dtype, device, compiled)}, args.reps, device)
             peak = measure_matmul_peak(device, dtype, n=2048, seconds=0.5)
             mfu = tokens / t["minimind"] * flops_per_token(config, args.seq_len) / peak
-            print(f"train {str(dtype)[6:]:8s} batch {args.batch_size}x{args.seq_len}: "
+            print(f"train {str(dtype)[6:]:8s}{' compiled' if compiled else ''} batch {args.batch_size}x{args.seq_len}: "
                   f"minimind {tokens / t['minimind']:8,.0f} tok/s  hf {tokens / t['hf_llama']:8,.0f} tok/s  "
                   f"ratio {t['hf_llama'] / t['minimind']:.2f}x  (minimind MFU {100 * mfu:.0f}%)")
 
     if "decode" not in args.skip:
         ours.eval(), hf.eval()
-        for batch in (1, 8):
+        for dtype, batch in [(d, b) for d in dtypes for b in (1, 8)]:
+            ours.to(dtype), hf.to(dtype)  # weights in that dtype, as eval_model.py --dtype would load them
             prompt = torch.randint(3, config.vocab_size, (batch, args.prompt_len), device=device)
             n = args.new_tokens
 
@@ -108,9 +113,9 @@ def main():
                 with torch.inference_mode():
                     hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
             t = interleaved({"minimind": run_ours, "hf_llama": run_hf}, max(2, args.reps // 2), device)
-            print(f"decode batch {batch}, {n} new tokens: minimind {batch * n / t['minimind']:7,.0f} tok/s  "
-                  f"hf generate {batch * n / t['hf_llama']:7,.0f} tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x")
-
+            print(f"decode {str(dtype)[6:]:8s} batch {batch}, {n} new tokens: "
+                  f"minimind {batch * n / t['minimind']:7,.0f} tok/s  hf generate {batch * n / t['hf_llama']:7,.0f} "
+                  f"tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x")
 
 if __name__ == "__main__":
     main()

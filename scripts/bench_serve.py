@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-import httpx2 as httpx
+import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
