@@ -475,28 +475,26 @@ class PackedDataset(Dataset):
     def __init__(self, dataset, max_seq_len: int, seed: int = 0):
         self.dataset, self.max_seq_len = dataset, max_seq_len
         self.pad = dataset.tokenizer.pad_token_id
-        order = np.random.default_rng(seed).permutation(len(dataset))
+        self.lengths = {}  # sample -> tokens before its padding, measured once here
         self.windows, window, used = [], [], 0
-        for i in tqdm(order, f"pack {getattr(dataset, 'path', '')}", leave=False, unit=" samples"):
-            n = self._length(dataset[int(i)])
+        order = np.random.default_rng(seed).permutation(len(dataset))
+        for i in tqdm(order.tolist(), f"pack {getattr(dataset, 'path', '')}", leave=False, unit=" samples"):
+            real = (dataset[i]["input_ids"] != self.pad).nonzero()
+            n = self.lengths[i] = int(real[-1]) + 1 if len(real) else 0
             if used + n > max_seq_len:
                 self.windows.append(window)
                 window, used = [], 0
-            window.append(int(i))
+            window.append(i)
             used += n
         if window:
             self.windows.append(window)
-
-    def _length(self, sample) -> int:
-        real = (sample["input_ids"] != self.pad).nonzero()
-        return int(real[-1]) + 1 if len(real) else 0
 
     def __len__(self):
         return len(self.windows)
 
     def __getitem__(self, w):
         samples = [self.dataset[i] for i in self.windows[w]]
-        lengths = [self._length(s) for s in samples]
+        lengths = [self.lengths[i] for i in self.windows[w]]
         fill = {"input_ids": self.pad, "labels": IGNORE, "loss_weights": 0.0}
         packed = {}
         for key in samples[0]:

@@ -95,7 +95,8 @@ def main():
                              "hf_llama": train_step_fn(hf, ids, dtype, device, compiled)}, args.reps, device)
             peak = measure_matmul_peak(device, dtype, n=2048, seconds=0.5)
             mfu = tokens / t["minimind"] * flops_per_token(config, args.seq_len) / peak
-            print(f"train {str(dtype)[6:]:8s}{' compiled' if compiled else ''} batch {args.batch_size}x{args.seq_len}: "
+            mode = f"{str(dtype)[6:]}{' compiled' if compiled else ''}"
+            print(f"train {mode:17s} batch {args.batch_size}x{args.seq_len}: "
                   f"minimind {tokens / t['minimind']:8,.0f} tok/s  hf {tokens / t['hf_llama']:8,.0f} tok/s  "
                   f"ratio {t['hf_llama'] / t['minimind']:.2f}x  (minimind MFU {100 * mfu:.0f}%)")
 
@@ -116,6 +117,7 @@ def main():
             print(f"decode {str(dtype)[6:]:8s} batch {batch}, {n} new tokens: "
                   f"minimind {batch * n / t['minimind']:7,.0f} tok/s  hf generate {batch * n / t['hf_llama']:7,.0f} "
                   f"tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x")
+
 
 if __name__ == "__main__":
     main()
