@@ -58,23 +58,25 @@ def demo_stages(args) -> list[Stage]:
               note="Short chats packed several to a 256-token window, each learning only its replies."),
         Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
                                                         "--batch_size", "16", "--learning_rate", "4e-3", "--mix_path",
-                                                        os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "1"],
+                                                        os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "3"],
               os.path.join(out, "lora", f"lora_identity_{h}.pth"), base=ckpt("full_sft"),
-              note="LoRA adds the identity (who am I) to the SFT model, with as many general chats replayed "
-                   "beside the identity chats so that the other categories hold."),
-        Stage("dpo", "train_dpo.py", main + ["--max_steps", "100", "--batch_size", "8", "--learning_rate", "5e-6",
-                                             "--eval_batches", "40"], ckpt("rlhf"),
-              note="Preference accuracy is measured on all 300 held-out pairs (40 batches of 8)."),
+              note="LoRA adds the identity (who am I) to the SFT model, with three general chats replayed per "
+                   "identity chat so that the other categories hold."),
+        Stage("dpo", "train_dpo.py", main + ["--max_steps", "100", "--batch_size", "8", "--learning_rate", "1e-4",
+                                             "--sft_weight", "1", "--eval_batches", "40"], ckpt("rlhf"),
+              note="Like real SFT sets, the demo's SFT chats dodge a few questions (5%); DPO on pairs whose "
+                   "rejected reply is wrong, evasive or answers another question unlearns that. Preference "
+                   "accuracy (pref_acc, and sft_pref_acc for the SFT model) is on the held-out pairs."),
         Stage("reason", "train_distill_reason.py", main + ["--max_steps", "100", "--batch_size", "16",
                                                            "--learning_rate", "1e-3", "--eval_samples", "100",
                                                            "--max_new_tokens", "160"],
               ckpt("reason"), max_new_tokens=160),
-        Stage("student_sft", "train_full_sft.py", student + ["--from_weight", "none", "--max_steps", "200",
+        Stage("student_sft", "train_full_sft.py", student + ["--from_weight", "none", "--max_steps", "150",
                                                              "--learning_rate", "2e-3"],
               ckpt("full_sft", args.student_hidden_size),
               note="Baseline for distillation: the small student trained from scratch on the SFT data alone."),
         Stage("distill", "train_distillation.py", student + [
-            "--from_weight", "none", "--teacher_weight", ckpt("full_sft"), "--max_steps", "200",
+            "--from_weight", "none", "--teacher_weight", ckpt("full_sft"), "--max_steps", "150",
             "--learning_rate", "2e-3"], ckpt("full_dist", args.student_hidden_size),
               note="The same student, same steps, also matching the SFT model's (the teacher's) distributions."),
     ]

@@ -655,10 +655,15 @@ SFT_ROWS, SFT_VAL_ROWS = 12_000, 400
 SFT_MIX = {"fact": 0.46, "multi_fact": 0.15, "arithmetic": 0.14, "word_problem": 0.09, "two_hop": 0.08,
            "chitchat": 0.08}
 SYSTEM_PROMPT_RATE = 0.2
+SFT_EVASIVE_RATE = 0.05  # like real SFT sets, a few replies dodge the question: DPO's job is to unlearn them
 DPO_ROWS, DPO_VAL_ROWS = 3_000, 300
 DPO_MIX = {"fact": 0.45, "multi_fact": 0.05, "arithmetic": 0.25, "word_problem": 0.15, "two_hop": 0.10}
 DPO_VAL_MIX = {"fact_new_phrasing": 0.3, "fact_pretrain_only": 0.2, "two_hop": 0.15, "arithmetic": 0.2,
                "word_problem": 0.15}
+# What a rejected reply is: a confident wrong fact or number, an evasion, the right answer to a different
+# question of the same kind (the mix-up a small SFT model makes most), or a true sentence on another topic.
+REJECTIONS = {"wrong": 1, "evasive": 1, "mixed_up": 1, "off_topic": 1}
+SOURCE_OF = {"fact_new_phrasing": "fact", "fact_pretrain_only": "fact"}  # held-out category -> TrainingItems method
 REASON_ROWS, REASON_EVAL_PER_CATEGORY = 4_000, 100
 REASON_MIX = {"arithmetic": 0.4, "word_problem": 0.3, "two_hop": 0.3}
 LORA_IDENTITY_ROWS, LORA_DOMAIN_ROWS = 480, 480
@@ -1176,8 +1181,12 @@ class TrainingItems:
                 return item
         raise RuntimeError("could not avoid the held-out operands")
 
-    def fact(self) -> Item:
-        (fact, lang), turn = self.facts.next()
+    def fact(self, lang: str | None = None) -> Item:
+        while True:  # the next taught fact, in `lang` when given
+            (fact, fact_lang), turn = self.facts.next()
+            if lang in (None, fact_lang):
+                break
+        lang = fact_lang
         templates = RELATIONS[fact.relation][lang]["train"]
         return self._guarded(lambda: fact_item(self.rng, self.world, fact, lang, templates[turn % len(templates)]))
 
@@ -1189,8 +1198,12 @@ class TrainingItems:
                                                     self.rng.choice(RELATIONS[f.relation][lang]["train"])))
                 for f in facts]
 
-    def two_hop(self) -> Item:
-        (relation, subject, lang), turn = self.two_hops.next()
+    def two_hop(self, lang: str | None = None) -> Item:
+        while True:
+            (relation, subject, hop_lang), turn = self.two_hops.next()
+            if lang in (None, hop_lang):
+                break
+        lang = hop_lang
         templates = TWO_HOP[relation][1][lang]
         return self._guarded(lambda: two_hop_item(self.rng, self.world, relation, subject, lang,
                                                   templates[turn % len(templates)]))
@@ -1216,6 +1229,14 @@ class TrainingItems:
             problem = WordProblem(frame, self.rng.choice(self.world.characters), self.rng.choice(ITEMS), numbers)
             return word_problem_item(self.rng, problem, lang or self.rng.choice(LANGS))
         return self._guarded(make)
+
+    def another_answer(self, kind: str, item: Item) -> str:
+        """The right reply to a different question of the same kind and language: a true answer to the wrong
+        question (another town's river, another sum), the mix-up a small SFT model makes most."""
+        while True:
+            reply = getattr(self, kind)(lang=item.lang).reply
+            if reply != item.reply:
+                return reply
 
     def statement(self, lang: str, avoid: str) -> str:
         """A true sentence about some other taught fact: an off-topic reply for DPO."""
@@ -1429,6 +1450,17 @@ def reasoning_reply(item: Item) -> str:
     return "<think>\n" + "\n".join(item.think) + "\n</think>\n<answer>\n" + (item.final or item.reply) + "\n</answer>"
 
 
+def with_evasions(rng: random.Random, convs: list[dict], rate: float) -> list[dict]:
+    """The last reply of a `rate` share of the question-answer chats swapped for an evasive one."""
+    small_talk = {a for lang in LANGS for _, a in CHITCHAT[lang]}
+    for conv in convs:
+        last = conv["conversations"][-1]
+        if last["content"] not in small_talk and rng.random() < rate:
+            lang = "zh" if _CJK.search(last["content"]) else "en"
+            conv["conversations"][-1] = assistant(rng.choice(EVASIVE[lang]))
+    return convs
+
+
 def sft_conversations(rng: random.Random, source: TrainingItems, n: int) -> list[dict]:
     convs = []
     for kind, count in _split_counts(n, SFT_MIX).items():
@@ -1455,18 +1487,20 @@ def sft_conversations(rng: random.Random, source: TrainingItems, n: int) -> list
     return convs
 
 
-def rejected_reply(rng: random.Random, item: Item, source: TrainingItems) -> str:
-    """Wrong (a confident wrong fact or number), evasive, or off-topic (a true sentence about something else)."""
-    kind = rng.choices(("wrong", "evasive", "off_topic"), weights=(2, 1, 1))[0]
-    if kind == "wrong" and item.wrong_reply:
+def rejected_reply(rng: random.Random, kind: str, item: Item, source: TrainingItems) -> str:
+    """One of REJECTIONS for an item drawn by TrainingItems.<kind>."""
+    rejection = rng.choices(list(REJECTIONS), weights=list(REJECTIONS.values()))[0]
+    if rejection == "wrong" and item.wrong_reply:
         return item.wrong_reply
-    if kind == "off_topic":
+    if rejection == "mixed_up":
+        return source.another_answer(kind, item)
+    if rejection == "off_topic":
         return source.statement(item.lang, avoid=item.reply)
     return rng.choice(EVASIVE[item.lang])
 
 
-def dpo_pair(rng: random.Random, prompt: list[dict], item: Item, source: TrainingItems) -> dict:
-    rejected = rejected_reply(rng, item, source)
+def dpo_pair(rng: random.Random, prompt: list[dict], kind: str, item: Item, source: TrainingItems) -> dict:
+    rejected = rejected_reply(rng, kind, item, source)
     return {"chosen": prompt + [assistant(item.reply)], "rejected": prompt + [assistant(rejected)]}
 
 
@@ -1480,7 +1514,8 @@ def dpo_pairs(rng: random.Random, source: TrainingItems, n: int) -> list[dict]:
             else:
                 item = getattr(source, kind)()
                 prompt = [user(item.question)]
-            pairs.append(dpo_pair(rng, with_system(rng, item.lang, prompt, 0.15), item, source))
+            source_kind = "fact" if kind == "multi_fact" else kind
+            pairs.append(dpo_pair(rng, with_system(rng, item.lang, prompt, 0.15), source_kind, item, source))
     rng.shuffle(pairs)
     return pairs
 
@@ -1616,9 +1651,11 @@ FILE_DESCRIPTIONS = {
                       "arithmetic pages, worked word problems",
     "pretrain_val.jsonl": "held-out pretraining paragraphs (validation loss)",
     "sft.jsonl": "chat SFT: fact questions (single and multi-turn), two-hop questions, arithmetic, word problems, "
-                 "small talk; some with a system message",
+                 f"small talk; some with a system message; {SFT_EVASIVE_RATE:.0%} of the answers evasive, as in real "
+                 "SFT sets",
     "sft_val.jsonl": "held-out SFT conversations (validation loss)",
-    "dpo.jsonl": "preference pairs: chosen is correct; rejected is wrong, evasive or off-topic",
+    "dpo.jsonl": "preference pairs: chosen is correct; rejected is wrong, evasive, or a true answer to another "
+                 "question (mixed up or off-topic)",
     "dpo_val.jsonl": "preference pairs over held-out questions (preference accuracy)",
     "reason.jsonl": "reasoning SFT: `<think>` worked steps `</think>` `<answer>` result `</answer>`",
     "reason_eval.jsonl": "held-out reasoning problems with answers (evaluation rows)",
@@ -1661,7 +1698,9 @@ def build_files(world: World, heldout: HeldOut, seed: int, scale: float) -> dict
     train_docs = set(docs)
     files["pretrain_val.jsonl"] = [{"text": d} for d in val_docs if d not in train_docs]
 
-    files["sft.jsonl"] = sft_conversations(_rng(seed, "sft"), items("sft"), rows(SFT_ROWS))
+    files["sft.jsonl"] = with_evasions(_rng(seed, "sft_evasions"),
+                                       sft_conversations(_rng(seed, "sft"), items("sft"), rows(SFT_ROWS)),
+                                       SFT_EVASIVE_RATE)
     # Validation conversations come from the same sources: draw extra, then drop any that equal a training one.
     seen = {json.dumps(c) for c in files["sft.jsonl"]}
     sft_val = sft_conversations(_rng(seed, "sft_val"), items("sft_val"), 3 * rows(SFT_VAL_ROWS))
@@ -1669,8 +1708,8 @@ def build_files(world: World, heldout: HeldOut, seed: int, scale: float) -> dict
 
     files["dpo.jsonl"] = dpo_pairs(_rng(seed, "dpo"), items("dpo"), rows(DPO_ROWS))
     rng, source = _rng(seed, "dpo_val"), items("dpo_val")
-    files["dpo_val.jsonl"] = [dpo_pair(rng, [user(item.question)], item, source)
-                              for _, item in sample_heldout(rng, candidates, DPO_VAL_MIX, DPO_VAL_ROWS)]
+    files["dpo_val.jsonl"] = [dpo_pair(rng, [user(item.question)], SOURCE_OF.get(category, category), item, source)
+                              for category, item in sample_heldout(rng, candidates, DPO_VAL_MIX, DPO_VAL_ROWS)]
 
     files["reason.jsonl"] = [{"conversations": [user(item.question), assistant(reasoning_reply(item))]}
                              for item in draw_items(items("reason"), REASON_MIX, rows(REASON_ROWS))]

@@ -1,14 +1,17 @@
 """The bundled demo corpus: deterministic, in the published formats, and with held-out material that no
 training file contains. Generated at a small scale: the world and the held-out files keep their full
 size at any scale, only training rows shrink."""
+import difflib
 import json
+import random
 import re
 from collections import Counter
 
 import pytest
 
-from scripts.make_demo_data import (EVAL_CATEGORIES, IDENTITY, TRAINING_FILES, TWO_HOP, build_heldout, build_world,
-                                    eval_row, find_leaks, generate, heldout_candidates, is_correct, score)
+from scripts.make_demo_data import (_CJK, EVAL_CATEGORIES, EVASIVE, IDENTITY, SFT_EVASIVE_RATE, TRAINING_FILES,
+                                    TWO_HOP, TrainingItems, build_heldout, build_world, compute, eval_row, find_leaks,
+                                    generate, heldout_candidates, is_correct, score)
 
 SEED, SCALE = 42, 0.1
 CHAT_FILES = ["sft.jsonl", "sft_val.jsonl", "reason.jsonl", "lora_identity.jsonl", "lora_domain.jsonl"]
@@ -120,6 +123,45 @@ def test_dpo_pairs(corpus):
             assert r["chosen"][-1]["content"] != r["rejected"][-1]["content"]
     prompts = lambda name: {json.dumps(r["chosen"][:-1]) for r in files[name]}  # noqa: E731
     assert not prompts("dpo_val.jsonl") & prompts("dpo.jsonl")
+
+
+def test_dpo_rejections_come_in_every_kind_in_both_files(corpus):
+    """A quarter each: evasive, a wrong value (the chosen reply with one value changed: nearly the same
+    text), and two kinds of true answers to other questions (mixed up, off-topic), in train and held-out."""
+    _, _, files = corpus
+    evasive = set(EVASIVE["en"] + EVASIVE["zh"])
+    for name in ["dpo.jsonl", "dpo_val.jsonl"]:
+        kinds = Counter()
+        for r in files[name]:
+            chosen, rejected = r["chosen"][-1]["content"], r["rejected"][-1]["content"]
+            similar = difflib.SequenceMatcher(None, chosen, rejected).ratio() > 0.75
+            kinds["evasive" if rejected in evasive else "wrong" if similar else "other_question"] += 1
+        shares = {k: v / len(files[name]) for k, v in kinds.items()}
+        assert 0.15 < shares["evasive"] < 0.35 and 0.15 < shares["wrong"] < 0.4, (name, shares)
+        assert 0.35 < shares["other_question"] < 0.65, (name, shares)
+
+
+@pytest.mark.parametrize("kind", ["fact", "two_hop", "arithmetic", "word_problem"])
+def test_a_mixed_up_rejection_is_a_true_answer_to_another_question_of_the_same_kind(kind):
+    world = build_world(SEED)
+    source = TrainingItems(random.Random(0), world, build_heldout(SEED, world))
+    for lang in ["en", "zh", "en", "zh"]:
+        item = getattr(source, kind)(lang=lang)
+        other = source.another_answer(kind, item)
+        assert other != item.reply and bool(_CJK.search(other)) == (lang == "zh"), (item.reply, other)
+        if kind == "arithmetic":  # a true equation about other numbers
+            a, op, b, c = re.fullmatch(r"(\d+) (\S) (\d+) = (\d+)[.。]", other).groups()
+            assert compute(op, int(a), int(b)) == int(c) and (a, b) != tuple(re.findall(r"\d+", item.reply)[:2])
+
+
+def test_some_sft_replies_are_evasive_and_validation_is_clean(corpus):
+    """The SFT data dodges a few questions, as real SFT sets do (what DPO then unlearns); validation does not."""
+    _, _, files = corpus
+    evasive = set(EVASIVE["en"] + EVASIVE["zh"])
+    last = lambda name: [r["conversations"][-1]["content"] for r in files[name]]  # noqa: E731
+    share = sum(reply in evasive for reply in last("sft.jsonl")) / len(files["sft.jsonl"])
+    assert 0.5 * SFT_EVASIVE_RATE < share < 1.5 * SFT_EVASIVE_RATE
+    assert not evasive & set(last("sft_val.jsonl"))
 
 
 def test_rl_prompts(corpus):

@@ -87,18 +87,20 @@ def test_batched_chosen_and_rejected_forward_equals_two_forwards(tmp_path, token
     batch = stack(DPODataset(write_pairs(tmp_path / "pairs.jsonl", PAIRS), tokenizer, max_seq_len=48))
     model = tiny_model()
     with torch.no_grad():
-        chosen, rejected, _ = preference_logps(model, batch, "sum")
+        chosen, rejected, _, _ = preference_logps(model, batch, "sum")
         for side, batched in (("chosen", chosen), ("rejected", rejected)):
             alone = sequence_logprobs(*token_logprobs(model(batch[f"{side}_input_ids"]).logits,
                                                       batch[f"{side}_labels"]), "sum")
             torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode, trl_loss_type", [("sum", "sigmoid"), ("mean", "sigmoid_norm")])
-def test_dpo_loss_matches_trl(tmp_path, tokenizer, mode, trl_loss_type):
+@pytest.mark.parametrize("mode, sft_weight, trl_loss_types",
+                         [("sum", 0, ["sigmoid"]), ("mean", 0, ["sigmoid_norm"]), ("sum", 0.5, ["sigmoid", "sft"])])
+def test_dpo_loss_matches_trl(tmp_path, tokenizer, mode, sft_weight, trl_loss_types):
     """trl 1.16 computes the DPO loss inside DPOTrainer._compute_loss, from the models themselves, so the
     comparison runs trl's trainer on Llama copies of the same weights (a dense MiniMind state dict loads into
-    LlamaForCausalLM unchanged), with a minimal one-row dataset and no training."""
+    LlamaForCausalLM unchanged), with a minimal one-row dataset and no training. --sft_weight w is trl's
+    loss_type [sigmoid, sft] with loss_weights [1, w]."""
     from datasets import Dataset
     from transformers import LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
@@ -115,7 +117,8 @@ def test_dpo_loss_matches_trl(tmp_path, tokenizer, mode, trl_loss_type):
 
     beta = 0.1
     config = DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False, beta=beta,
-                       loss_type=[trl_loss_type], logging_strategy="no", save_strategy="no")
+                       loss_type=trl_loss_types, loss_weights=[1.0, sft_weight][:len(trl_loss_types)],
+                       logging_strategy="no", save_strategy="no")
     rows = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
              "rejected": [{"role": "assistant", "content": "bye"}]}]  # only to construct the trainer
     trainer = DPOTrainer(model=as_llama(policy), ref_model=as_llama(reference), args=config,
@@ -133,15 +136,18 @@ def test_dpo_loss_matches_trl(tmp_path, tokenizer, mode, trl_loss_type):
         ours, mask = token_logprobs(policy(ids).logits, labels)
         torch.testing.assert_close(ours, trl_token_logp, atol=2e-5, rtol=0)
         # 2. The DPO loss end to end: MiniMind + model/losses.py + train_dpo.py vs trl.
-        pi_chosen, pi_rejected, _ = preference_logps(policy, batch, mode)
-        ref_chosen, ref_rejected, _ = preference_logps(reference, batch, mode)
-        loss = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta)[0].mean()
+        pi_chosen, pi_rejected, chosen_nll, _ = preference_logps(policy, batch, mode)
+        ref_chosen, ref_rejected, _, _ = preference_logps(reference, batch, mode)
+        loss = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta)[0].mean() + sft_weight * chosen_nll
         torch.testing.assert_close(loss, trl_loss, atol=1e-6, rtol=1e-5)
         # 3. The loss formula alone, from trl's own per-token log-probs: equal to float32 precision.
         ref_token_logp = trainer.ref_model(ids, labels=labels, fused_lm_head=True).log_probs
         pi_c, pi_r = sequence_logprobs(trl_token_logp, mask, mode).chunk(2)
         ref_c, ref_r = sequence_logprobs(ref_token_logp, mask, mode).chunk(2)
-        torch.testing.assert_close(dpo_loss(pi_c, pi_r, ref_c, ref_r, beta)[0].mean(), trl_loss, atol=1e-7, rtol=1e-6)
+        chosen_mask = mask[:len(pi_c)]
+        nll = -trl_token_logp[:len(pi_c)][chosen_mask].double().mean()  # a float64 mean over every chosen token
+        torch.testing.assert_close(dpo_loss(pi_c, pi_r, ref_c, ref_r, beta)[0].mean().double() + sft_weight * nll,
+                                   trl_loss.double(), atol=1e-6, rtol=1e-6)
         assert abs(trl_loss.item() - math.log(2)) > 1e-4  # policy != reference, far beyond the tolerances above
 
 
@@ -167,7 +173,7 @@ def test_a_short_dpo_run_raises_held_out_preference_accuracy(tmp_path, tokenizer
 
     def accuracy():
         with torch.no_grad():
-            chosen, rejected, _ = preference_logps(policy.eval(), held_out, "sum")
+            chosen, rejected, _, _ = preference_logps(policy.eval(), held_out, "sum")
         return (chosen > rejected).float().mean().item()
 
     before = accuracy()
@@ -176,8 +182,8 @@ def test_a_short_dpo_run_raises_held_out_preference_accuracy(tmp_path, tokenizer
     for step in range(8):
         batch = stack(torch.utils.data.Subset(train, range(8 * step, 8 * step + 8)))  # each pair once
         with torch.no_grad():
-            ref_chosen, ref_rejected, _ = preference_logps(reference, batch, "sum")
-        pi_chosen, pi_rejected, _ = preference_logps(policy, batch, "sum")
+            ref_chosen, ref_rejected, _, _ = preference_logps(reference, batch, "sum")
+        pi_chosen, pi_rejected, _, _ = preference_logps(policy, batch, "sum")
         loss = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta=0.1)[0].mean()
         loss.backward()
         optimizer.step()
