@@ -9,9 +9,14 @@ from collections import Counter
 
 import pytest
 
-from scripts.make_demo_data import (_CJK, EVAL_CATEGORIES, EVASIVE, IDENTITY, SFT_EVASIVE_RATE, TRAINING_FILES,
-                                    TWO_HOP, TrainingItems, build_heldout, build_world, compute, eval_row, find_leaks,
-                                    generate, heldout_candidates, is_correct, score)
+import demo
+from demo import data_paths, demo_file, generate, is_correct, score
+from demo.files import _CJK, SFT_EVASIVE_RATE, TRAINING_FILES
+from demo.heldout import EVAL_CATEGORIES, TrainingItems, build_heldout, eval_row, heldout_candidates
+from demo.items import compute
+from demo.leaks import find_leaks
+from demo.phrasings import EVASIVE, IDENTITY, TWO_HOP
+from demo.world import build_world
 
 SEED, SCALE = 42, 0.1
 CHAT_FILES = ["sft.jsonl", "sft_val.jsonl", "reason.jsonl", "lora_identity.jsonl", "lora_domain.jsonl"]
@@ -321,3 +326,43 @@ def test_score():
                                                                    "overall": 2 / 3}
     with pytest.raises(ValueError):
         score(["4"], rows)
+
+
+def test_score_reads_replies_with_the_reasoning_parser():
+    """Only the answer part counts, as model.reasoning.extract_answer reads it: never the thinking."""
+    rows = [{"category": "arithmetic", "answer": "42"}]
+    assert score(["<think>\n40 + 1 = 41\n</think>\n<answer>\n42\n</answer>"], rows)["overall"] == 1.0
+    assert score(["<think>\nis it 42?\n</think>\n<answer>\n41\n</answer>"], rows)["overall"] == 0.0
+    assert score(["<think>\n42"], rows)["overall"] == 0.0  # never stopped thinking
+
+
+# ---- where training scripts find their data ----
+
+def test_data_paths_given_files(tmp_path):
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("{}\n")
+    val.write_text("{}\n")
+    assert data_paths(str(train), None, "sft") == (str(train), None)
+    assert data_paths(str(train), str(val), "sft") == (str(train), str(val))
+    with pytest.raises(SystemExit, match="--data_path .*missing.jsonl: no such file"):
+        data_paths(str(tmp_path / "missing.jsonl"), None, "sft")
+    with pytest.raises(SystemExit, match="--val_path .*missing.jsonl: no such file"):
+        data_paths(str(train), str(tmp_path / "missing.jsonl"), "sft")
+
+
+def test_data_paths_demo_files_generated_on_first_use(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_generate(out_dir):  # writes two of the demo files instead of the whole corpus
+        calls.append(out_dir)
+        for name in ["sft.jsonl", "sft_val.jsonl", "lora_identity.jsonl"]:
+            (tmp_path / name).write_text("{}\n")
+
+    monkeypatch.setattr(demo, "DEMO_DIR", str(tmp_path))
+    monkeypatch.setattr(demo, "generate", fake_generate)
+    assert data_paths(None, None, "sft") == (str(tmp_path / "sft.jsonl"), str(tmp_path / "sft_val.jsonl"))
+    assert calls == [str(tmp_path)] and "generating the demo corpus" in capsys.readouterr().out
+    assert data_paths(None, None, "lora_identity") == (str(tmp_path / "lora_identity.jsonl"), None)
+    assert data_paths(None, str(tmp_path / "sft.jsonl"), "lora_identity")[1] == str(tmp_path / "sft.jsonl")
+    assert demo_file("sft_val.jsonl") == str(tmp_path / "sft_val.jsonl")
+    assert len(calls) == 1  # generated once, then found
