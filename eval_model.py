@@ -15,9 +15,10 @@ import time
 
 import torch
 
-from model.chat import (ReplyPrinter, ReplyStream, add_model_args, chat_prompt_ids, generate_reply,
-                        load_chat_model, recent_history, text_prompt_ids)
+from model.chat import (ReplyPrinter, ReplyStream, add_model_args, chat_prompt_ids, load_chat_model, recent_history,
+                        text_prompt_ids)
 from model.checkpoint import CheckpointError
+from model.generation import generate_reply
 
 # A pretrained model only continues text: give it beginnings of sentences.
 PRETRAIN_PROMPTS = [

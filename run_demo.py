@@ -151,9 +151,9 @@ def load_stage_model(stage: Stage, device: str):
 def measure(stage: Stage, args, rows: list[dict]) -> dict:
     """Bits per byte on held-out text, and held-out question accuracy per category with sample answers."""
     import torch
-    from model.benchmark import bits_per_byte
-    from model.evaluation import answer_questions
-    from model.training import load_tokenizer
+    from model.checkpoint import load_tokenizer
+    from model.generation import answer_questions
+    from model.loss_eval import bits_per_byte
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_stage_model(stage, args.eval_device).float().eval()
@@ -162,7 +162,7 @@ def measure(stage: Stage, args, rows: list[dict]) -> dict:
     if args.bpb_path:
         results["bpb"] = bits_per_byte(model, tokenizer, args.bpb_path, max_seq_len=256)["bits_per_byte"]
     if rows:
-        from scripts.make_demo_data import score
+        from demo import score
         replies = answer_questions(model, tokenizer, [r["question"] for r in rows], chat=stage.chat,
                                    max_new_tokens=stage.max_new_tokens or args.max_new_tokens)
         results["accuracy"] = score(replies, rows)
@@ -245,7 +245,7 @@ def main():
     start = time.time()
     rows = []
     if demo:
-        from scripts.make_demo_data import generate
+        from demo import generate
         generate(DEMO)
         with open(os.path.join(DEMO, "eval.jsonl"), encoding="utf-8") as f:
             rows = [json.loads(line) for line in f]

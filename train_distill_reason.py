@@ -18,12 +18,14 @@ import json
 
 import torch.nn.functional as F
 
-from model.dataset import ReasonDataset
-from model.evaluation import answer_questions
+from demo import data_paths, demo_file, is_correct
+from model.checkpoint import build_model, load_tokenizer
+from model.dataset import IGNORE, ReasonDataset
+from model.generation import answer_questions
+from model.loss_eval import evaluate, token_byte_lengths
 from model.reasoning import follows_template
-from model.training import (IGNORE, Session, add_common_args, build_model, demo_data, evaluate, load_tokenizer,
-                            setup_run, token_byte_lengths)
-from scripts.make_demo_data import is_correct
+from model.runtime import add_common_args, setup_run
+from model.session import Session
 
 
 def weighted_cross_entropy(logits, labels, loss_weights):
@@ -67,10 +69,10 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data = ReasonDataset(demo_data(args.data_path, "reason.jsonl"), tokenizer, args.max_seq_len,
-                               tag_weight=args.tag_weight)
-    val_data = ReasonDataset(args.val_path, tokenizer, args.max_seq_len) if args.val_path else None
-    eval_rows = read_rows(args.eval_path or demo_data(None, "reason_eval.jsonl"), args.eval_samples)
+    train_path, val_path = data_paths(args.data_path, args.val_path, "reason")
+    train_data = ReasonDataset(train_path, tokenizer, args.max_seq_len, tag_weight=args.tag_weight)
+    val_data = ReasonDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
+    eval_rows = read_rows(args.eval_path or demo_file("reason_eval.jsonl"), args.eval_samples)
     model = build_model(args, run, tokenizer)
 
     byte_lengths = token_byte_lengths(tokenizer) if val_data else None

@@ -26,10 +26,13 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, load_model
-from model.dataset import SFTDataset, tokenizer_fingerprint
-from model.training import (IGNORE, Session, add_common_args, build_model, evaluate, load_tokenizer, make_loader,
-                            resolve_weight, setup_run, token_byte_lengths, train_and_val)
+from demo import data_paths
+from model.checkpoint import CheckpointError, build_model, load_model, load_tokenizer, resolve_weight
+from model.dataloader import load_datasets
+from model.dataset import IGNORE, SFTDataset, tokenizer_fingerprint
+from model.loss_eval import evaluate, held_out_sums, token_byte_lengths
+from model.runtime import add_common_args, setup_run
+from model.session import Session
 
 
 def distillation_loss(student_logits, teacher_logits, labels, alpha: float = 0.5, temperature: float = 1.5):
@@ -87,24 +90,17 @@ def check_same_vocab(teacher, teacher_meta: dict, tokenizer, tokenizer_path: str
                  f"{tokenizer_path}: pass --tokenizer_path {teacher_tokenizer} (the student must share it)")
 
 
-@torch.no_grad()
 def teacher_kl(student, teacher, dataset, args, run, max_batches: int | None = None) -> float:
     """Mean KL(teacher || student) at temperature 1 per learned token on held-out data: how far the student's
     predictions are from the teacher's (0 = identical)."""
-    was_training = student.training
-    student.eval()
-    total, tokens = 0.0, 0
-    for i, batch in enumerate(make_loader(dataset, args.batch_size, args.seed, 0, 0, run, shuffle=False)):
-        if max_batches and i >= max_batches:
-            break
-        ids, labels = batch["input_ids"].to(run.device), batch["labels"].to(run.device)
-        with run.autocast():
-            student_logits, teacher_logits = student(ids).logits, teacher(ids).logits
-        _, _, kl = distillation_loss(student_logits, teacher_logits, labels, temperature=1.0)
-        n = int((labels[:, 1:] != IGNORE).sum())
-        total, tokens = total + kl.item() * n, tokens + n
-    student.train(was_training)
-    return run.mean(total / max(tokens, 1))
+    def measure(batch):
+        ids, labels = batch["input_ids"], batch["labels"]
+        _, _, kl = distillation_loss(student(ids).logits, teacher(ids).logits, labels, temperature=1.0)
+        tokens = (labels[:, 1:] != IGNORE).sum()
+        return {"kl": kl * tokens, "tokens": tokens}  # the batch's mean KL back to a sum
+
+    sums = held_out_sums(student, dataset, args, run, measure, max_batches)
+    return sums.get("kl", 0.0) / max(sums.get("tokens", 0.0), 1.0)
 
 
 def main():
@@ -123,7 +119,8 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data, val_data = train_and_val(args, tokenizer, SFTDataset, "sft")
+    train_data, val_data = load_datasets(SFTDataset, *data_paths(args.data_path, args.val_path, "sft"), tokenizer,
+                                         args.max_seq_len)
     teacher, teacher_meta = load_teacher(args, run)
     check_same_vocab(teacher, teacher_meta, tokenizer, args.tokenizer_path)
     model = build_model(args, run, tokenizer)

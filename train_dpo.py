@@ -32,13 +32,16 @@ import argparse
 import copy
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from demo import data_paths
+from model.checkpoint import build_model, load_tokenizer
+from model.dataloader import load_datasets
 from model.dataset import DPODataset
+from model.loss_eval import held_out_sums
 from model.losses import sequence_logprobs, token_logprobs
-from model.training import (Session, add_common_args, build_model, load_tokenizer, make_loader, setup_run,
-                            train_and_val)
+from model.runtime import add_common_args, setup_run
+from model.session import Session
 
 
 def preference_logps(model, batch, mode: str):
@@ -61,31 +64,21 @@ def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float):
     return loss, beta * (pi_chosen - ref_chosen).detach(), beta * (pi_rejected - ref_rejected).detach()
 
 
-@torch.no_grad()
 def evaluate_preferences(policy, reference, dataset, args, run) -> dict:
     """On held-out pairs: the DPO loss, reward accuracy (chosen reward > rejected reward), and the preference
     accuracy of the policy and of the reference (the SFT model): how often each finds the chosen reply
     more likely than the rejected one, by --logp_mode."""
-    was_training = policy.training
-    policy.eval()
-    totals = torch.zeros(5, dtype=torch.float64, device=run.device)  # loss, reward acc, pref acc, ref pref acc, n
-    for i, batch in enumerate(make_loader(dataset, args.batch_size, args.seed, 0, 0, run, shuffle=False)):
-        if i >= args.eval_batches:
-            break
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        with run.autocast():
-            pi_chosen, pi_rejected, _, _ = preference_logps(policy, batch, args.logp_mode)
-            ref_chosen, ref_rejected, _, _ = preference_logps(reference, batch, args.logp_mode)
+    def measure(batch):
+        pi_chosen, pi_rejected, _, _ = preference_logps(policy, batch, args.logp_mode)
+        ref_chosen, ref_rejected, _, _ = preference_logps(reference, batch, args.logp_mode)
         loss, chosen_reward, rejected_reward = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, args.beta)
-        counts = [loss.sum(), (chosen_reward > rejected_reward).sum(), (pi_chosen > pi_rejected).sum(),
-                  (ref_chosen > ref_rejected).sum(), len(loss)]
-        totals += torch.tensor([float(c) for c in counts], dtype=torch.float64, device=run.device)
-    if run.ddp:
-        dist.all_reduce(totals)
-    policy.train(was_training)
-    n = totals[4].clamp(min=1)
-    return {"val_loss": (totals[0] / n).item(), "reward_acc": (totals[1] / n).item(),
-            "pref_acc": (totals[2] / n).item(), "sft_pref_acc": (totals[3] / n).item()}
+        return {"val_loss": loss.sum(), "reward_acc": (chosen_reward > rejected_reward).sum(),
+                "pref_acc": (pi_chosen > pi_rejected).sum(), "sft_pref_acc": (ref_chosen > ref_rejected).sum(),
+                "pairs": len(loss)}
+
+    sums = held_out_sums(policy, dataset, args, run, measure, args.eval_batches)
+    pairs = max(sums.pop("pairs", 0), 1)
+    return {name: total / pairs for name, total in sums.items()}
 
 
 def main():
@@ -101,7 +94,8 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data, val_data = train_and_val(args, tokenizer, DPODataset, "dpo")
+    train_data, val_data = load_datasets(DPODataset, *data_paths(args.data_path, args.val_path, "dpo"), tokenizer,
+                                         args.max_seq_len)
     model = build_model(args, run, tokenizer)
     # The reference is the SFT model as loaded, copied before the Session (which, on --resume, puts the
     # policy's trained weights back): frozen, in eval mode, never handed to the optimizer.

@@ -8,9 +8,12 @@ their <|im_end|>): the model is taught to answer, not to imitate users. Writes o
 """
 import argparse
 
+from demo import data_paths
+from model.checkpoint import build_model, load_tokenizer
+from model.dataloader import load_datasets
 from model.dataset import SFTDataset
-from model.training import Session, add_common_args, build_model, load_tokenizer, setup_run, train_and_val
-from train_pretrain import train_next_token
+from model.runtime import add_common_args, setup_run
+from model.session import Session, train_next_token
 
 
 def main():
@@ -22,10 +25,13 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data, val_data = train_and_val(args, tokenizer, SFTDataset, "sft", pack_chats=bool(args.pack))
+    train_data, val_data = load_datasets(SFTDataset, *data_paths(args.data_path, args.val_path, "sft"), tokenizer,
+                                         args.max_seq_len, pack_chats=bool(args.pack), seed=args.seed)
     model = build_model(args, run, tokenizer)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, val_data)
-    train_next_token(session, run)  # labels are -100 outside assistant replies: only answers are learned
+    # Pretraining's loop (model/session.py); the labels are -100 outside assistant replies, so only the
+    # answers are learned.
+    train_next_token(session)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ import sys
 import torch
 from torch.utils.data import ConcatDataset, Subset
 
-from model.checkpoint import checkpoint_path
+from demo import data_paths
+from model.checkpoint import build_model, checkpoint_path, load_tokenizer
 from model.dataset import SFTDataset
 from model.model_lora import DEFAULT_TARGETS, apply_lora, count_parameters, save_lora
-from model.training import Session, add_common_args, build_model, demo_data, load_tokenizer, setup_run
+from model.runtime import add_common_args, setup_run
+from model.session import Session, train_next_token
 
 DEMO_SETS = ("identity", "domain")  # dataset/demo/lora_<name>.jsonl
 
@@ -52,14 +54,15 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data = SFTDataset(demo_data(args.data_path, f"lora_{args.lora_name}.jsonl"), tokenizer, args.max_seq_len)
+    train_path, val_path = data_paths(args.data_path, args.val_path, f"lora_{args.lora_name}")
+    train_data = SFTDataset(train_path, tokenizer, args.max_seq_len)
     if args.mix_path:
         replay = SFTDataset(args.mix_path, tokenizer, args.max_seq_len)
         picked = torch.randperm(len(replay), generator=torch.Generator().manual_seed(args.seed))
         picked = picked[:int(args.mix_ratio * len(train_data))].tolist()
         run.print(f"data: {len(train_data)} LoRA chats + {len(picked)} replayed from {args.mix_path}")
         train_data = ConcatDataset([train_data, Subset(replay, picked)])
-    val_data = SFTDataset(args.val_path, tokenizer, args.max_seq_len) if args.val_path else None
+    val_data = SFTDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
     model = build_model(args, run, tokenizer)
     targets = [t.strip() for t in args.lora_targets.split(",")]
     apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
@@ -73,15 +76,7 @@ def main():
     # the adapters alone (save_lora), while the resume state keeps the whole model as for every stage.
     session = Session(args, run, model, train_data, f"lora_{args.lora_name}", tokenizer, val_data,
                       weights_path=weights_path, save_fn=save_lora)
-
-    for batch in session.batches():
-        with run.autocast():
-            out = session.model(batch["input_ids"], labels=batch["labels"])  # labels: assistant tokens only
-            loss = out.loss + out.aux_loss
-        session.backward(loss)
-        if session.ready:
-            session.step(out.loss)
-    session.finish()
+    train_next_token(session)  # SFT's loss on the assistant tokens; only the adapters have gradients
 
 
 if __name__ == "__main__":

@@ -8,8 +8,12 @@ Reads {"text": ...} jsonl (or a .bin from scripts/pretokenize.py); writes out/pr
 """
 import argparse
 
+from demo import data_paths
+from model.checkpoint import build_model, load_tokenizer
+from model.dataloader import load_datasets
 from model.dataset import PretrainDataset
-from model.training import Session, add_common_args, build_model, load_tokenizer, setup_run, train_and_val
+from model.runtime import add_common_args, setup_run
+from model.session import Session, train_next_token
 
 
 def main():
@@ -21,23 +25,13 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data, val_data = train_and_val(args, tokenizer, PretrainDataset, "pretrain", pack=bool(args.pack))
+    train_data, val_data = load_datasets(PretrainDataset, *data_paths(args.data_path, args.val_path, "pretrain"),
+                                         tokenizer, args.max_seq_len, pack=bool(args.pack))
     model = build_model(args, run, tokenizer)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, val_data)
-    train_next_token(session, run)
-
-
-def train_next_token(session, run):
-    """The loop of pretraining, and of SFT and LoRA too: they differ only in their labels (-100 outside the
-    assistant replies) and in which parameters train."""
-    for batch in session.batches():
-        with run.autocast():
-            out = session.model(batch["input_ids"], labels=batch["labels"])
-            loss = out.loss + out.aux_loss  # next-token cross-entropy (+ MoE load balancing)
-        session.backward(loss)
-        if session.ready:  # every --accumulation_steps micro-batches
-            session.step(out.loss)
-    session.finish()
+    # The loop (model/session.py): loss = next-token cross-entropy on every token (+ MoE balancing),
+    # backward, an optimizer step every --accumulation_steps micro-batches.
+    train_next_token(session)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,23 @@
-"""Evaluation that means something: multiple-choice benchmarks scored by log-likelihood, and bits per byte.
+"""Multiple-choice benchmarks (C-Eval, CMMLU, ARC, OpenBookQA, any jsonl), scored by log-likelihood.
 
-Multiple choice (C-Eval, CMMLU, ARC, OpenBookQA, any jsonl): the model does not write an answer; we ask how
+The model does not write an answer; we ask how
 likely it finds each option after the question and pick the likeliest. That works for a pretrained model
 that cannot yet follow instructions, and matches lm-evaluation-harness: the same prompts, the same
 context/continuation split of the tokens, the same length normalisation (acc_norm), the first k dev
 questions as few-shot examples. tests/test_benchmark.py checks the accuracy against lm-eval's own.
 
-Bits per byte on held-out text: the summed negative log-likelihood in bits over the UTF-8 bytes of the
-text, which does not depend on the vocabulary, so models with different tokenizers compare.
+Bits per byte on held-out text lives with the other held-out losses, in model/loss_eval.py.
 """
 import csv
 import glob
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
+
+from .loss_eval import start_token
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -288,11 +288,6 @@ def build_prompt(task: Task, q: Question, shots: list[Question], tokenizer=None,
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def start_token(tokenizer) -> int:
-    """The token a document starts with (bos; eos for tokenizers without one, as GPT-2 and lm-eval do)."""
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
 def encode_pair(tokenizer, context: str, continuation: str, chat: bool) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids), split as lm-eval splits them: encode the whole string, then cut
     after the context's own tokens, so a token that merges across the boundary counts for the option.
@@ -499,83 +494,3 @@ def benchmark_markdown(results: dict, subjects: bool = True) -> str:
     lines.append(f"| **overall** (macro {pct(overall['macro_accuracy'])}) | {overall['questions']} | "
                  f"**{pct(overall['accuracy'])}** | {pct(overall['chance'])} |")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Bits per byte on held-out text
-
-
-def read_documents(path: str):
-    """Documents of a held-out file: jsonl rows with `text` (a string) or `conversations` (chat messages),
-    or a plain text file as one document."""
-    if not path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            yield f.read()
-        return
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise BenchmarkDataError(f"{path} line {line_number}: not JSON ({e})") from e
-            document = row.get("text", row.get("conversations")) if isinstance(row, dict) else None
-            if not isinstance(document, (str, list)):
-                raise BenchmarkDataError(f"{path} line {line_number}: expected a 'text' string or a "
-                                         f"'conversations' list")
-            yield document
-
-
-def document_ids(tokenizer, document) -> list[int]:
-    """A document's tokens as training saw them: start token + text, or the chat template's rendering."""
-    if isinstance(document, list):
-        document = tokenizer.apply_chat_template(document, tokenize=False)
-    ids = tokenizer.encode(document, add_special_tokens=False)
-    return ids if ids[:1] == [start_token(tokenizer)] else [start_token(tokenizer)] + ids
-
-
-def sliding_windows(n_tokens: int, max_seq_len: int, stride: int):
-    """(start, end, first_scored): windows over tokens [start, end) that together predict every token
-    after the first exactly once. The model reads tokens[start:end-1] (at most max_seq_len) and each window
-    scores the targets from first_scored on: the first window all it can, each later one the next `stride`
-    tokens, with max_seq_len - stride + 1 or more tokens of context before them."""
-    scored = 1
-    while scored < n_tokens:
-        end = min(n_tokens, scored + (max_seq_len if scored == 1 else stride))
-        yield max(0, end - 1 - max_seq_len), end, scored
-        scored = end
-
-
-def bits_per_byte(model, tokenizer, documents, max_seq_len: int, stride: int | None = None,
-                  batch_size: int = 8, progress: bool = False) -> dict:
-    """Perplexity and bits per byte of `documents` (a path for `read_documents`, or a list of texts or
-    message lists), in sliding windows of max_seq_len tokens moving by `stride` (default max_seq_len // 2).
-
-    Every token after a document's start token is predicted once, except special tokens (chat markers):
-    like training's evaluation, they are not text, so their loss and bytes stay out. Bytes are the UTF-8
-    bytes the scored tokens decode to (for plain text: the text's own bytes), whatever the vocabulary.
-    """
-    stride = stride or max(1, max_seq_len // 2)
-    if not 1 <= stride <= max_seq_len:
-        raise ValueError(f"stride {stride} must be in 1..max_seq_len ({max_seq_len}): a larger step would "
-                         f"leave tokens unscored")
-    documents = read_documents(documents) if isinstance(documents, str) else documents
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-    windows, n_bytes, n_documents = [], 0, 0
-    for document in documents:
-        ids = document_ids(tokenizer, document)
-        n_bytes += len(tokenizer.decode(ids[1:], skip_special_tokens=True,
-                                        clean_up_tokenization_spaces=False).encode("utf-8"))
-        windows += [(ids[start:end - 1], torch.tensor(ids[scored:end])[:, None])
-                    for start, end, scored in sliding_windows(len(ids), max_seq_len, stride)]
-        n_documents += 1
-    nats, n_tokens = 0.0, 0
-    for (_, targets), logp in zip(windows, batched(model, windows, batch_size, "bits per byte", progress)):
-        is_text = ~torch.isin(targets[:, 0], special)
-        nats -= float(logp[is_text].sum())
-        n_tokens += int(is_text.sum())
-    return {"documents": n_documents, "tokens": n_tokens, "bytes": n_bytes, "nats": nats,
-            "nats_per_token": nats / max(n_tokens, 1), "perplexity": math.exp(nats / max(n_tokens, 1)),
-            "bits_per_byte": nats / math.log(2) / n_bytes if n_bytes else float("nan"),
-            "max_seq_len": max_seq_len, "stride": stride}

@@ -5,18 +5,17 @@
 - prompts: the chat template for chat models, bos + text for a pretrained one
 - text from a token stream: a reply arrives one token at a time, and a token is not a character (a Chinese
   character or an emoji can span several byte-level tokens), a stop string can span tokens, and reasoning
-  models wrap their thinking in <think>...</think>. `ReplyStream` handles all three, for every caller.
-- `generate_reply`: the in-process loop over the model's own KV-cache generation (`stream_generate`).
-  The API server batches requests instead (model/serving.py) and feeds the same `ReplyStream`.
+  models wrap their thinking in <think>...</think> (split by model/reasoning.py's `ThinkSplitter`).
+  `ReplyStream` handles all three, for every caller: `generation.generate_reply` in process (CLI, web chat),
+  and the API server's batching engine (model/serving.py).
 """
 import os
 import re
 import sys
 from dataclasses import dataclass
 
-import torch
-
 from .checkpoint import CheckpointError, checkpoint_path, load_model
+from .reasoning import ThinkSplitter, held_suffix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
@@ -90,7 +89,8 @@ def load_chat_model(args, quiet=False):
     """
     from transformers import AutoTokenizer
 
-    from .training import pick_device, pick_dtype, size_overrides
+    from .checkpoint import size_overrides
+    from .runtime import pick_device, pick_dtype
 
     path = weights_path(args)
     # An HF folder carries its own config; size flags only choose and shape a .pth.
@@ -187,14 +187,6 @@ class IncrementalDetokenizer:
         return text[len(released):]
 
 
-def held_suffix(text: str, patterns) -> int:
-    """Length of the longest end of `text` that is the beginning of one of `patterns` (so may become one)."""
-    for start in range(max(0, len(text) - max(map(len, patterns)) + 1), len(text)):
-        if any(p.startswith(text[start:]) for p in patterns):
-            return len(text) - start
-    return 0
-
-
 class StopStrings:
     """Cut the reply at the first stop string. A stop string may arrive over several pushes, so text that
     could be the start of one is held back until it is clearly not."""
@@ -223,63 +215,6 @@ class StopStrings:
         return out
 
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_TAGS = ("<answer>", "</answer>")
-
-
-class ThinkSplitter:
-    """Route a reply's text to `reasoning` or `content`.
-
-    Reasoning models answer '<think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>'. A reply that opens with
-    <think> is reasoning up to </think>; the rest is content, without the <answer> tags. The tags and the
-    whitespace around them are dropped, so text that may still turn into a tag (or whitespace before one)
-    is held back for a push or two.
-    """
-
-    def __init__(self):
-        self.state = "start"  # start -> think -> answer, or start -> answer
-        self.pending = ""
-        self.section_start = True  # drop whitespace right after a tag (or at the very start)
-
-    def push(self, text: str) -> tuple[str, str]:
-        """(reasoning, content) released by this text."""
-        self.pending += text
-        reasoning, content = "", ""
-        while True:
-            if self.section_start:
-                self.pending = self.pending.lstrip()
-                self.section_start = not self.pending
-            if self.state == "start":
-                if self.pending.startswith(THINK_OPEN):
-                    self.pending, self.state, self.section_start = self.pending[len(THINK_OPEN):], "think", True
-                    continue
-                if self.pending and not THINK_OPEN.startswith(self.pending):
-                    self.state = "answer"
-                    continue
-                return reasoning, content
-            tags = (THINK_CLOSE,) if self.state == "think" else ANSWER_TAGS
-            hits = [(i, tag) for tag in tags if (i := self.pending.find(tag)) >= 0]
-            if hits:  # release what precedes the tag, drop the tag, go on after it
-                i, tag = min(hits)
-                released, self.pending = self.pending[:i].rstrip(), self.pending[i + len(tag):]
-                self.section_start = True
-            else:  # release all but trailing whitespace and a possible partial tag
-                held = held_suffix(self.pending, tags)
-                released = self.pending[:len(self.pending) - held].rstrip()
-                self.pending = self.pending[len(released):]
-            if self.state == "think":
-                reasoning += released
-            else:
-                content += released
-            if not hits:
-                return reasoning, content
-            self.state = "answer"  # after </think>, or still after an <answer> tag
-
-    def flush(self) -> tuple[str, str]:
-        text, self.pending = self.pending.rstrip(), ""
-        return (text, "") if self.state == "think" else ("", text)
-
-
 @dataclass
 class Delta:
     """New text of a reply: thinking and answer apart."""
@@ -296,14 +231,15 @@ class Delta:
 class ReplyStream:
     """Token ids in, `Delta`s out: UTF-8-safe decoding -> stop strings -> optional <think> split.
 
-    `split_think=False` passes text through untouched (plain completions). The whole reply so far is kept
-    in `reasoning` / `content`, and the number of tokens pushed in `n_tokens`.
+    `split_think=False` passes text through untouched (plain completions); `thinking=True` says the prompt
+    already opened a think block (see `reasoning.opens_thinking`). The whole reply so far is kept in
+    `reasoning` / `content`, and the number of tokens pushed in `n_tokens`.
     """
 
-    def __init__(self, tokenizer, stop=(), split_think=True):
+    def __init__(self, tokenizer, stop=(), split_think=True, thinking=False):
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.stop = StopStrings(stop)
-        self.splitter = ThinkSplitter() if split_think else None
+        self.splitter = ThinkSplitter(thinking) if split_think else None
         self.reasoning, self.content, self.n_tokens = "", "", 0
 
     @property
@@ -332,14 +268,6 @@ class ReplyStream:
         return delta
 
 
-def split_think(text: str) -> tuple[str, str]:
-    """(reasoning, answer) of a finished reply."""
-    splitter = ThinkSplitter()
-    reasoning, content = splitter.push(text)
-    more_reasoning, more_content = splitter.flush()
-    return reasoning + more_reasoning, content + more_content
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Terminal display (eval_model.py, scripts/chat_openai_api.py)
 
@@ -366,24 +294,3 @@ class ReplyPrinter:
 
     def end(self):
         print(self.reset if self.section == "thinking" else "")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# In-process generation (CLI, web demo)
-
-
-def generate_reply(model, prompt_ids: list[int], reply: ReplyStream, **sampling):
-    """Yield the `Delta`s of one reply as they complete; `reply` holds the whole text and token count after.
-
-    `sampling`: max_new_tokens, temperature, top_p, top_k, repetition_penalty, generator (stream_generate's).
-    """
-    ids = torch.tensor([prompt_ids], device=model.device)
-    for token in model.stream_generate(ids, **sampling):
-        delta = reply.push(int(token))
-        if delta:
-            yield delta
-        if reply.stopped:
-            break
-    delta = reply.finish()
-    if delta:
-        yield delta

@@ -1,7 +1,9 @@
-"""Loading weights from `.pth` files, strictly: a checkpoint that does not fit the model is an error that
-says what is wrong, never a `strict=False` load that silently leaves the model random."""
+"""Checkpoint files: weights written atomically with a JSON meta beside them, read back strictly (a checkpoint
+that does not fit the model is an error that says what is wrong, never a `strict=False` load that silently
+leaves the model random), and a stage's model built from the previous stage's checkpoint."""
 import json
 import os
+import sys
 
 import torch
 
@@ -170,3 +172,49 @@ def load_model(path: str, overrides: dict | None = None, device="cpu", dtype=Non
         model = MiniMindForCausalLM(MiniMindConfig(**{**config, **overrides}))
         load_weights(model, path)
     return model.to(device=device, dtype=dtype), meta
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A stage's model: built from size flags, or from the previous stage's checkpoint (its config, flags overriding).
+
+
+def resolve_weight(args, name: str) -> str | None:
+    """A stage name -> out/<stage>_<hidden>[_moe].pth; a path stays a path; 'none' -> None."""
+    if name in (None, "", "none"):
+        return None
+    if name.endswith((".pth", ".safetensors")) or os.path.isdir(name):
+        return name
+    return checkpoint_path(args.out_dir, name, args.hidden_size or 512, bool(args.use_moe))
+
+
+def size_overrides(args) -> dict:
+    return {"hidden_size": args.hidden_size, "num_hidden_layers": args.num_hidden_layers,
+            "use_moe": None if args.use_moe is None else bool(args.use_moe)}
+
+
+def build_model(args, run, tokenizer, from_weight: str | None = None, **config):
+    """A MiniMind model on the run's device, in float32 (autocast handles the low precision)."""
+    path = resolve_weight(args, args.from_weight if from_weight is None else from_weight)
+    if path:
+        if not os.path.exists(path):
+            sys.exit(f"--from_weight: {path} not found (train the previous stage first, or pass "
+                     f"--from_weight <path>; size flags pick the file name: --hidden_size, --use_moe)")
+        model, meta = load_model(path, {**size_overrides(args), **config}, quiet=not run.is_main)
+        run.print(f"model: loaded {path} ({meta.get('stage', '?')}, step {meta.get('step', '?')})")
+    else:
+        sizes = {k: v for k, v in size_overrides(args).items() if v is not None}
+        from .model_minimind import MiniMindConfig, MiniMindForCausalLM
+        model = MiniMindForCausalLM(MiniMindConfig(vocab_size=len(tokenizer), **sizes, **config))
+    if model.config.vocab_size != len(tokenizer):
+        sys.exit(f"model vocab {model.config.vocab_size} != tokenizer vocab {len(tokenizer)} "
+                 f"({args.tokenizer_path}): use the tokenizer the model was trained with")
+    n = sum(p.numel() for p in model.parameters())
+    run.print(f"model: {n / 1e6:.2f}M parameters, hidden {model.config.hidden_size} x "
+              f"{model.config.num_hidden_layers} layers{', MoE' if model.config.use_moe else ''}")
+    return model.to(run.device)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path)

@@ -1,13 +1,13 @@
 """MiniMind: a small Llama-style decoder, dense or Mixture-of-Experts, in one file.
 
 Read top to bottom: config -> RMSNorm -> RoPE (+YaRN) -> attention -> MLP / MoE -> block
--> model -> causal-LM head -> KV-cache generation.
+-> model -> causal-LM head. Generation lives in model/generation.py.
 
 The state-dict names are those of Hugging Face Llama (`model.layers.0.self_attn.q_proj.weight`, ...), so a
 dense checkpoint loads into `transformers.LlamaForCausalLM` unchanged and MiniMind2 checkpoints load here
 without renaming. The model is a `PreTrainedModel` + `GenerationMixin`, so `save_pretrained`,
-`from_pretrained`, `AutoModelForCausalLM` and `generate` work; the project's own `stream_generate` is a
-leaner KV-cache loop that the CLI, the API server and the web demo share.
+`from_pretrained`, `AutoModelForCausalLM` and `generate` work; model/generation.py holds the project's own
+leaner KV-cache loop that the CLI, the API server, evaluation and the web demo share.
 """
 import math
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
@@ -250,6 +250,10 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
+        """(output, aux_loss), the pair MoEFeedForward returns too; a dense MLP has no balancing loss."""
+        return self.swiglu(x), x.new_zeros((), dtype=torch.float32)
+
+    def swiglu(self, x):
         return self.dropout(self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
 
 
@@ -322,7 +326,7 @@ class MoEFeedForward(nn.Module):
         topk_idx, topk_weight, aux_loss = self.gate(x)
         y = self.dispatch(x.reshape(-1, H), topk_idx, topk_weight).view(B, L, H)
         for expert in self.shared_experts:
-            y = y + expert(x)
+            y = y + expert.swiglu(x)
         return y, aux_loss
 
     def dispatch(self, x, topk_idx, topk_weight):
@@ -340,7 +344,7 @@ class MoEFeedForward(nn.Module):
             # rank and DDP never waits for a parameter that one rank did not use.
             if n or self.training:
                 idx = token_of[start:start + n]
-                y = expert(x[idx]) * weight_of[start:start + n, None].to(x.dtype)
+                y = expert.swiglu(x[idx]) * weight_of[start:start + n, None].to(x.dtype)
                 out.index_add_(0, idx, y.to(out.dtype))
             start += n
         return out
@@ -358,8 +362,7 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache)
-        h = self.mlp(self.post_attention_layernorm(x))
-        h, aux_loss = h if isinstance(h, tuple) else (h, None)
+        h, aux_loss = self.mlp(self.post_attention_layernorm(x))
         return x + h, aux_loss
 
 
@@ -432,8 +435,7 @@ class MiniMindModel(nn.Module):
         aux_loss = x.new_zeros((), dtype=torch.float32)
         for layer in self.layers:
             x, layer_aux = layer(x, cos, sin, mask, is_causal, cache)
-            if layer_aux is not None:
-                aux_loss = aux_loss + layer_aux
+            aux_loss = aux_loss + layer_aux
         return self.norm(x), aux_loss
 
 
@@ -517,124 +519,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
                 logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
         return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache, hidden_states=hidden)
 
-    # ------------------------------------------------------------------------------------------------------
-    # Generation: a lean KV-cache loop shared by the CLI, the API server and the web demo.
 
-    @torch.inference_mode()
-    def stream_generate(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        repetition_penalty: float = 1.0,
-        do_sample: bool | None = None,
-        eos_token_id: int | list[int] | None = None,
-        stop_token_ids: list[int] | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        """Yield the next token of every row, one (batch,) tensor per step.
-
-        Prompts of different lengths are left-padded with `attention_mask` marking the real tokens. Greedy when
-        `do_sample` is False (default: sample iff temperature > 0). A row is done after it yields an eos or stop
-        id; later steps yield `pad_token_id` for it, and the loop ends when every row is done.
-        """
-        B, prompt_len = input_ids.shape
-        max_new_tokens = min(max_new_tokens, self.config.max_position_embeddings - prompt_len)
-        if max_new_tokens <= 0:
-            return
-        do_sample = temperature > 0 if do_sample is None else do_sample
-        eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
-        stop_ids = torch.tensor(sorted({*([eos] if isinstance(eos, int) else eos or []), *(stop_token_ids or [])}),
-                                dtype=torch.long, device=input_ids.device)
-        pad_id = self.config.pad_token_id or 0
-
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if padded:  # each row counts its positions from its first real token
-            attention_mask = attention_mask.long()
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            next_pos = position_ids[:, -1:] + 1
-        else:
-            attention_mask, position_ids = None, None
-
-        cache = KVCache(self.config, B, prompt_len + max_new_tokens, self.device, self.lm_head.weight.dtype)
-        seen = None
-        if repetition_penalty != 1.0:
-            seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=input_ids.device)
-            seen.scatter_(1, input_ids, True)
-        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-
-        tokens = input_ids
-        for step in range(max_new_tokens):
-            hidden, _ = self.model(tokens, attention_mask, position_ids, cache)
-            logits = self.lm_head(hidden[:, -1]).float()
-            next_token = sample_next_token(logits, do_sample, temperature, top_p, top_k, repetition_penalty, seen,
-                                           generator)
-            next_token = next_token.masked_fill(done, pad_id)
-            yield next_token
-            done = done | torch.isin(next_token, stop_ids)
-            if step == max_new_tokens - 1 or bool(done.all()):
-                return
-            if seen is not None:
-                seen.scatter_(1, next_token[:, None], True)
-            tokens = next_token[:, None]
-            if padded:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-                position_ids, next_pos = next_pos, next_pos + 1
-
-    @torch.inference_mode()
-    def fast_generate(self, input_ids, attention_mask=None, **kwargs) -> torch.LongTensor:
-        """Prompt + generated ids, (batch, prompt + new), like `generate`; rows that stop early are padded."""
-        new = list(self.stream_generate(input_ids, attention_mask, **kwargs))
-        if not new:
-            return input_ids
-        return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
-
-
-class KVCache:
-    """Preallocated key/value buffers: a decode step writes in place instead of concatenating."""
-
-    def __init__(self, config: MiniMindConfig, batch_size: int, max_len: int, device, dtype):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0
-        self.last_layer = config.num_hidden_layers - 1
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.length
-
-    def update(self, k, v, layer_idx: int, *args, **kwargs):
-        end = self.length + k.shape[2]
-        self.k[layer_idx, :, :, self.length:end] = k
-        self.v[layer_idx, :, :, self.length:end] = v
-        if layer_idx == self.last_layer:
-            self.length = end
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
-
-
-def sample_next_token(logits, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                      seen=None, generator=None):
-    """Pick one token per row from (batch, vocab) logits, with the usual processors in the usual order."""
-    if seen is not None and repetition_penalty != 1.0:
-        # CTRL-style: make already-seen tokens less likely whatever the sign of their logit.
-        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if not do_sample:
-        return logits.argmax(dim=-1)
-    logits = logits / max(temperature, 1e-5)
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.scatter(1, sorted_idx, sorted_logits.masked_fill(remove, float("-inf")))
-    # Exponential race: argmax(p_i / E_i) with E_i ~ Exp(1) draws i with probability p_i, in one pass
-    # (cheaper than torch.multinomial, and the same draw for a given generator).
-    probs = logits.softmax(dim=-1)
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
-    return (probs / race).argmax(dim=-1)
+# `AutoModelForCausalLM.from_pretrained(folder)` works for MiniMind folders once this module is imported.
+AutoConfig.register("minimind", MiniMindConfig, exist_ok=True)
+AutoModelForCausalLM.register(MiniMindConfig, MiniMindForCausalLM, exist_ok=True)

@@ -8,7 +8,7 @@ The running requests are the rows of one batch. Each row is left-padded so that 
 sits in the same cache column: the cache is the model's own `KVCache` of shape
 (layers, rows, kv_heads, length, head_dim), an attention mask marks each row's real positions, and position
 ids count each row's own tokens. That is exactly what the model's forward already handles for a left-padded
-batch, so the engine runs the same attention, masking and RoPE code as `stream_generate`.
+batch, so the engine runs the same attention, masking and RoPE code as `generation.stream_generate`.
 
 One scheduler step:
 1. retire  rows whose client left (or hit a stop string) go first, so no compute is spent on them;
@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .model_minimind import KVCache, sample_next_token
+from .generation import KVCache, sample_next_token
 
 SPARE_COLUMNS = 64  # decode steps that fit before the cache must be laid out again
 

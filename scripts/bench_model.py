@@ -2,7 +2,7 @@
 
     python scripts/bench_model.py                    # 512 x 8, vocab 6400, CPU threads as set by torch
     python scripts/bench_model.py --device cuda --batch_size 32 --seq_len 512
-    python scripts/bench_model.py --compile 1        # also both models under torch.compile (train_*.py --compile 1)
+    python scripts/bench_model.py --compile 1        # also both models under torch.compile (train_*.py --compile)
 
 Both models hold the same weights (MiniMind's state dict loads into LlamaForCausalLM unchanged). Steps of A
 and B are interleaved and the median is taken, because this kind of machine drifts 15-20% between runs;
@@ -17,11 +17,13 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from transformers import LlamaForCausalLM  # noqa: E402
 
 from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.export import llama_config_from  # noqa: E402
+from model.generation import generate  # noqa: E402
 from model.logger import flops_per_token, measure_matmul_peak  # noqa: E402
 
 
@@ -108,7 +110,7 @@ def main():
             n = args.new_tokens
 
             def run_ours():
-                ours.fast_generate(prompt, max_new_tokens=n, do_sample=False, eos_token_id=[])
+                generate(ours, prompt, max_new_tokens=n, do_sample=False, eos_token_id=[])
 
             def run_hf():
                 with torch.inference_mode():

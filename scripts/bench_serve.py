@@ -22,7 +22,7 @@ import time
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a river town and its people."}]
 

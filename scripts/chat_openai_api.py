@@ -14,7 +14,8 @@ import time
 
 from openai import OpenAI, OpenAIError
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from model.chat import Delta, ReplyPrinter, recent_history
 
 

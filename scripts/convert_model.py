@@ -23,7 +23,8 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from model import MiniMindConfig, MiniMindForCausalLM
 from model.chat import DEFAULT_TOKENIZER, add_model_args, load_chat_model, merge_lora_file
 from model.checkpoint import CheckpointError, load_weights, save_weights

@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from model.benchmark import TASKS, BenchmarkDataError, benchmark_markdown, run_benchmark
 from model.chat import add_model_args, load_chat_model
 from model.checkpoint import CheckpointError, atomic_json_save

@@ -14,8 +14,9 @@ import itertools
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.benchmark import BenchmarkDataError, bits_per_byte, read_documents
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
+from model.loss_eval import DocumentError, bits_per_byte, read_documents
 from model.chat import add_model_args, load_chat_model
 from model.checkpoint import CheckpointError, atomic_json_save
 
@@ -44,7 +45,7 @@ def main(argv=None):
         documents = itertools.islice(read_documents(args.data_path), args.max_documents)
         results = bits_per_byte(model, tokenizer, documents, args.max_seq_len, args.stride, args.batch_size,
                                 progress=True)
-    except (CheckpointError, BenchmarkDataError) as e:
+    except (CheckpointError, DocumentError) as e:
         sys.exit(str(e))
     results.update(model=path, data_path=args.data_path)
     print(f"{path} on {args.data_path}: {results['documents']:,} documents, {results['tokens']:,} tokens, "

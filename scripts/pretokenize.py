@@ -25,7 +25,8 @@ from multiprocessing import Pool
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from model.dataset import MAX_WARNINGS, DataError, JsonlIndex, token_dtype, tokenize_documents, tokenizer_fingerprint
 
 

@@ -31,7 +31,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from model.chat import Delta, ReplyStream, add_model_args, chat_prompt_ids, text_prompt_ids
 from model.serving import Engine, SamplingParams
 

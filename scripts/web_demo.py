@@ -14,10 +14,10 @@ import time
 import streamlit as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from model.chat import (ReplyStream, add_model_args, chat_prompt_ids, generate_reply, load_chat_model,
-                        recent_history, text_prompt_ids)
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
+from model.chat import ReplyStream, add_model_args, chat_prompt_ids, load_chat_model, recent_history, text_prompt_ids
 from model.checkpoint import CheckpointError
+from model.generation import generate_reply
 
 
 def checkpoints_in(folder: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Multiple-choice benchmarks and bits per byte (model/benchmark.py, scripts/eval_benchmark.py, eval_bpb.py).
+"""Multiple-choice benchmarks and bits per byte (model/benchmark.py, model/loss_eval.py, scripts/eval_benchmark.py,
+eval_bpb.py).
 
 A tiny model trained for a few steps on the taught answers must pick them; accuracy, aggregation and
 few-shot prompts are checked against hand counts and hand-written strings; each reader against a fixture
@@ -16,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from model.benchmark import (TASKS, BadRows, BenchmarkDataError, Question, aggregate, benchmark_markdown,
-                             bits_per_byte, build_prompt, encode_pair, fewshot_examples, run_benchmark,
-                             score_questions)
+                             build_prompt, encode_pair, fewshot_examples, run_benchmark, score_questions)
+from model.loss_eval import bits_per_byte
 from model.chat import DEFAULT_TOKENIZER
 from model.export import save_as_llama, save_as_minimind
 from scripts.eval_benchmark import main as eval_benchmark

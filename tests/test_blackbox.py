@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from model.dataset import SFTDataset
-from model.training import IGNORE, load_tokenizer
+from model.dataset import IGNORE, SFTDataset
+from model.checkpoint import load_tokenizer
 from scripts.distill_blackbox import main as distill, to_messages, with_retries
 from tests.helpers import THINKING_REPLY, save_checkpoint, scripted_model
 from tests.helpers import ROOT, TOKENIZER

@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 
-from model.chat import (IncrementalDetokenizer, ReplyStream, ThinkSplitter,
-                        split_think)
+from model.chat import IncrementalDetokenizer, ReplyStream
 from model.checkpoint import CheckpointError
 from tests.helpers import ROOT, THINKING_REPLY, save_checkpoint, scripted_model, tiny_model, tokenizer
 
@@ -45,23 +44,6 @@ def test_special_tokens_do_not_show_and_broken_bytes_surface_at_the_end():
     assert reply.content == "ok" and reply.n_tokens == len(ids)
     reply, _ = stream_text(emoji[:2], split_think=False)  # the model stopped mid-character
     assert set(reply.content) == {"\ufffd"}
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
-def test_think_split_is_the_same_whatever_the_chunking(chunk):
-    text = "<think>\n先想一想。\n</think>\n<answer>\n答案是 42。\n</answer>"
-    splitter, reasoning, content = ThinkSplitter(), "", ""
-    for piece in [text[i:i + chunk] for i in range(0, len(text), chunk)] + [None]:
-        r, c = splitter.push(piece) if piece is not None else splitter.flush()
-        reasoning, content = reasoning + r, content + c
-    assert (reasoning, content) == ("先想一想。", "答案是 42。") == split_think(text)
-
-
-def test_think_split_leaves_plain_replies_alone():
-    assert split_think("Hello, world") == ("", "Hello, world")
-    assert split_think("a <think> in the middle") == ("", "a <think> in the middle")
-    assert split_think("<th") == ("", "<th")
-    assert split_think("<think>cut off while thinking") == ("cut off while thinking", "")
 
 
 def test_reply_stream_splits_tokens_of_a_reasoning_reply():

@@ -12,8 +12,9 @@ import torch
 
 from model import MiniMindConfig, MiniMindForCausalLM
 from model.checkpoint import load_model, save_weights
-from model.dataset import SFTDataset
-from model.training import IGNORE, Run, load_tokenizer
+from model.dataset import IGNORE, SFTDataset
+from model.checkpoint import load_tokenizer
+from model.runtime import Run
 from tests.helpers import TOKENIZER
 from train_distillation import check_same_vocab, distillation_loss, load_teacher, main, teacher_kl
 

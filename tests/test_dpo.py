@@ -14,7 +14,7 @@ import torch
 from model.checkpoint import load_model
 from model.dataset import DPODataset
 from model.losses import IGNORE, sequence_logprobs, token_logprobs
-from model.training import load_tokenizer
+from model.checkpoint import load_tokenizer
 from tests.helpers import save_checkpoint
 from tests.test_lora import TINY_RUN, run_script, tiny_model
 from train_dpo import dpo_loss, preference_logps

@@ -12,7 +12,7 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
 from model import MiniMindConfig, MiniMindForCausalLM
 from model.checkpoint import CheckpointError, load_weights
 from model.export import llama_config_from, save_as_llama, save_as_minimind
-from model.model_minimind import sample_next_token
+from model.generation import generate, sample_next_token, stream_generate
 
 
 def tiny_config(**overrides):
@@ -107,26 +107,26 @@ def test_kv_cache_generation_equals_no_cache(use_moe):
     model = tiny_model(seed=1, use_moe=use_moe)
     ids, mask = left_padded_batch(seed=1)
     expected = naive_greedy(model, ids, mask, 24)
-    ours = model.fast_generate(ids, mask, max_new_tokens=24, do_sample=False, eos_token_id=[])
+    ours = generate(model, ids, mask, max_new_tokens=24, do_sample=False, eos_token_id=[])
     assert torch.equal(ours, expected)
     hf = model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None,
                         pad_token_id=0)
     assert torch.equal(hf, expected)
     single = ids[:1]  # batch 1, no padding
-    assert torch.equal(model.fast_generate(single, max_new_tokens=24, do_sample=False, eos_token_id=[]),
+    assert torch.equal(generate(model, single, max_new_tokens=24, do_sample=False, eos_token_id=[]),
                        naive_greedy(model, single, torch.ones_like(single), 24))
     # a left-padded row continues exactly as the same prompt alone
-    alone = model.fast_generate(ids[2:, -5:], max_new_tokens=24, do_sample=False, eos_token_id=[])
+    alone = generate(model, ids[2:, -5:], max_new_tokens=24, do_sample=False, eos_token_id=[])
     assert torch.equal(alone[0, 5:], ours[2, 12:])
 
 
 def test_stream_stops_on_eos_and_stop_ids_and_respects_max_new_tokens():
     model = tiny_model(seed=2)
     ids, mask = left_padded_batch(seed=2, lengths=(6, 6))
-    free = model.fast_generate(ids, mask, max_new_tokens=10, do_sample=False, eos_token_id=[])
+    free = generate(model, ids, mask, max_new_tokens=10, do_sample=False, eos_token_id=[])
     assert free.shape == (2, 16)
     stop = int(free[0, 8])  # the third token row 0 produces
-    steps = list(model.stream_generate(ids, mask, max_new_tokens=10, do_sample=False, eos_token_id=[],
+    steps = list(stream_generate(model, ids, mask, max_new_tokens=10, do_sample=False, eos_token_id=[],
                                        stop_token_ids=[stop]))
     out = torch.stack(steps, 1)
     first_stop = (free[0, 6:] == stop).nonzero()[0].item()
@@ -156,8 +156,8 @@ def test_sampling_processors_match_hf():
 def test_seeded_sampling_is_reproducible():
     model = tiny_model(seed=3)
     ids = torch.randint(3, 300, (1, 8))
-    a = model.fast_generate(ids, max_new_tokens=12, temperature=1.0, generator=torch.Generator().manual_seed(7))
-    b = model.fast_generate(ids, max_new_tokens=12, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    a = generate(model, ids, max_new_tokens=12, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    b = generate(model, ids, max_new_tokens=12, temperature=1.0, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
 
 
@@ -169,10 +169,10 @@ def naive_moe(moe, x):
     out = torch.zeros_like(flat)
     for t in range(flat.shape[0]):
         for j in range(idx.shape[1]):
-            out[t] += weight[t, j] * moe.experts[int(idx[t, j])](flat[t])
+            out[t] += weight[t, j] * moe.experts[int(idx[t, j])].swiglu(flat[t])
     out = out.view(B, L, H)
     for expert in moe.shared_experts:
-        out = out + expert(x)
+        out = out + expert.swiglu(x)
     return out
 
 

@@ -11,9 +11,9 @@ import torch
 
 from model import MiniMindConfig, MiniMindForCausalLM
 from model.checkpoint import read_meta, save_weights
-from model.dataset import ReasonDataset
-from model.reasoning import follows_template, split_reasoning
-from model.training import IGNORE, load_tokenizer
+from model.dataset import IGNORE, ReasonDataset
+from model.reasoning import ThinkSplitter, extract_answer, follows_template, opens_thinking, split_reasoning
+from model.checkpoint import load_tokenizer
 from tests.helpers import ROOT, TOKENIZER
 from train_distill_reason import reasoning_scores, weighted_cross_entropy
 
@@ -82,17 +82,58 @@ def test_template(reply, ok):
     assert follows_template(reply) is ok
 
 
-@pytest.mark.parametrize("reply,parts", [
-    (GOOD, ("12 + 30 = 42.\nSo the answer is 42.", "The answer is 42.")),
-    ("<think>a</think><answer>b</answer>", ("a", "b")),
-    ("<think>\na\n</think>\nb", ("a", "b")),  # no answer tags: the rest is the answer
-    ("a\n</think>\n<answer>\nb\n</answer>", ("a", "b")),  # <think> was in the prompt
-    ("<think>\nstill thinking", ("still thinking", "")),
-    ("<think>\na\n</think>\n<answer>\nb cut off", ("a", "b cut off")),
-    ("just an answer", ("", "just an answer")),
-])
-def test_split_reasoning(reply, parts):
-    assert split_reasoning(reply) == parts
+SPLITS = [  # (reply, the prompt opened <think>, (thinking, answer))
+    (GOOD, False, ("12 + 30 = 42.\nSo the answer is 42.", "The answer is 42.")),
+    ("<think>a</think><answer>b</answer>", False, ("a", "b")),
+    ("<think>\na\n</think>\nb", False, ("a", "b")),  # no answer tags: the rest is the answer
+    ("a\n</think>\n<answer>\nb\n</answer>", True, ("a", "b")),  # <think> was in the prompt
+    ("a\n</think>\n<answer>\nb\n</answer>", False, ("", "a\n</think>b")),  # it was not: no thinking to split
+    ("<think>\nstill thinking", False, ("still thinking", "")),
+    ("still thinking", True, ("still thinking", "")),
+    ("<think>\na\n</think>\n<answer>\nb cut off", False, ("a", "b cut off")),
+    ("<think>\na\n</think>\n<answer>\nb\n</answer>\nchatter after the end", False, ("a", "b")),
+    ("just an answer", False, ("", "just an answer")),
+    ("a <think> in the middle", False, ("", "a <think> in the middle")),
+    ("<th", False, ("", "<th")),
+    ("<think>\n先想一想。\n</think>\n<answer>\n答案是 42。\n</answer>", False, ("先想一想。", "答案是 42。")),
+    ("  \n<think> x y </think>  <answer> 4 2 </answer>", False, ("x y", "4 2")),
+]
+
+
+@pytest.mark.parametrize("reply,thinking,parts", SPLITS)
+def test_split_reasoning(reply, thinking, parts):
+    assert split_reasoning(reply, thinking) == parts
+    assert extract_answer(reply, thinking) == parts[1]
+
+
+@pytest.mark.parametrize("reply,thinking,parts", SPLITS)
+def test_a_streamed_reply_splits_the_same_wherever_it_is_cut(reply, thinking, parts):
+    """Streaming releases text as soon as it cannot be part of a tag; cut the reply in two at every
+    character, and into single characters, and the parts come out the same as for the whole reply."""
+    cuts = [[reply[:i], reply[i:]] for i in range(len(reply) + 1)] + [list(reply)]
+    for pieces in cuts:
+        splitter, reasoning, content = ThinkSplitter(thinking), "", ""
+        for piece in pieces:
+            r, c = splitter.push(piece)
+            reasoning, content = reasoning + r, content + c
+        r, c = splitter.flush()
+        assert (reasoning + r, content + c) == parts, pieces
+
+
+def test_the_issue_reply_no_longer_splits_three_ways():
+    """The same reply used to give three different answers in three parsers; now one parser decides, and the
+    demo's scorer reads the answer through it."""
+    from demo import is_correct
+    reply = "a\n</think>\n<answer>\nb\n</answer>"
+    assert split_reasoning(reply, thinking=True) == ("a", "b")
+    assert is_correct("<think>\n4 + 1 = 5?\n</think>\n<answer>\nb\n</answer>", {"answer": "b"})
+    assert not is_correct("<think>\nthe answer is b\n</think>\n<answer>\nc\n</answer>", {"answer": "b"})
+
+
+def test_opens_thinking_reads_the_end_of_the_prompt():
+    assert opens_thinking("<|im_start|>assistant\n<think>\n")
+    assert not opens_thinking("<|im_start|>assistant\n")
+    assert not opens_thinking("<|im_start|>assistant\n<think>\nx\n</think>\n")
 
 
 def test_scores_count_template_and_accuracy_separately():
@@ -112,7 +153,7 @@ def test_scores_count_template_and_accuracy_separately():
 def test_decoded_replies_keep_the_tag_tokens():
     """The tags are added tokens but not special ones: decoding with skip_special_tokens=True (as the
     evaluation does) must keep them, or no reply could ever follow the template."""
-    from model.evaluation import answer_questions
+    from model.generation import answer_questions
     from tests.helpers import THINKING_REPLY, scripted_model
     reply, = answer_questions(scripted_model(THINKING_REPLY), load_tokenizer(TOKENIZER), ["hi"], max_new_tokens=16)
     assert reply == THINKING_REPLY

@@ -14,6 +14,7 @@ import torch
 import uvicorn
 
 from model.serving import Engine, SamplingParams
+from model.generation import generate
 from scripts.serve_openai_api import create_app
 from tests.helpers import THINKING_REPLY, scripted_model, tiny_model, tokenizer
 
@@ -52,7 +53,7 @@ def test_engine_greedy_equals_the_models_own_generation_whoever_shares_the_batch
     # One starts alone, the others join mid-flight, and the last ones only when slots free up.
     results = run_engine(engine, [(0, prompts[0], greedy)] + [(3, p, greedy) for p in prompts[1:]])
     for prompt, (tokens, finishes) in zip(prompts, results):
-        alone = model.fast_generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=[])
+        alone = generate(model, torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=[])
         assert tokens == alone[0, len(prompt):].tolist()
         assert finishes == ["length"]
     assert engine.stats == {"length": 5} and engine.cache is None  # all rows gone, cache released

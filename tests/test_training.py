@@ -16,8 +16,12 @@ import torch
 from model import MiniMindConfig, MiniMindForCausalLM
 from model.checkpoint import atomic_torch_save, load_model
 from model.dataset import PretrainDataset
-from model.training import (Run, Session, Stepper, NonFiniteLoss, add_common_args, batch_order, cosine_lr, evaluate,
-                            load_tokenizer, token_byte_lengths)
+from model.checkpoint import load_tokenizer
+from model.dataloader import batch_order, trim_padding
+from model.loss_eval import evaluate, token_byte_lengths
+from model.optimizer import NonFiniteLoss, Stepper, cosine_lr
+from model.runtime import Run, add_common_args
+from model.session import Session
 
 from tests.helpers import ROOT, TOKENIZER
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
@@ -265,7 +269,6 @@ def test_deepspeed_zero2_matches_plain_pytorch_and_resumes(tmp_path):
 
 
 def test_trim_padding_cuts_only_columns_no_row_learns():
-    from model.training import trim_padding
     a = {"chosen_input_ids": torch.tensor([1, 5, 6, 2, 0, 0]), "chosen_labels": torch.tensor([-100, 5, 6, 2, -100, -100]),
          "rejected_input_ids": torch.tensor([1, 7, 2, 0, 0, 0]),
          "rejected_labels": torch.tensor([-100, 7, 2, -100, -100, -100])}

@@ -1,0 +1,76 @@
+"""Batches for training and evaluation: a data order that is deterministic per (seed, epoch), split across
+ranks and resumable at any batch, and padding trimmed from each batch."""
+import numpy as np
+import torch
+
+from .dataset import IGNORE, PackedDataset
+
+
+def batch_order(n_samples: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                shuffle: bool = True) -> list[list[int]]:
+    """This rank's batches of one epoch. Every rank draws the same permutation and takes every world-th
+    sample, so step s of N ranks with batch B sees exactly the samples one process sees with batch N*B.
+    The last incomplete global batch is dropped so all ranks take the same number of steps."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_samples) if shuffle else np.arange(n_samples)
+    global_batch = batch_size * world
+    n_batches = n_samples // global_batch
+    order = order[:n_batches * global_batch].reshape(n_batches, global_batch)
+    return [row[rank::world].tolist() for row in order]
+
+
+def trim_padding(samples: list[dict]) -> dict:
+    """Stack samples into a batch, then cut the right-end columns where no row learns anything.
+
+    Chat samples are padded to max_seq_len but are often much shorter. Columns after the last learned label
+    of every row change no loss (causal attention never looks right), so computing them is waste. All
+    sequence tensors are cut to one width, so chosen and rejected (DPO) still concatenate.
+    """
+    batch = torch.utils.data.default_collate(samples)
+    labels = [v for k, v in batch.items() if k.endswith("labels")]
+    if not labels:
+        return batch
+    learned = torch.stack([(lab != IGNORE).any(dim=0) for lab in labels]).any(dim=0)  # per column
+    width = int(learned.nonzero().max()) + 1 if learned.any() else 1
+    seq_len = labels[0].shape[1]
+    return {k: v[:, :width] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == seq_len else v
+            for k, v in batch.items()}
+
+
+def make_loader(dataset, batch_size: int, seed: int, epoch: int, skip: int, run, num_workers: int = 0,
+                shuffle: bool = True):
+    """A DataLoader over this rank's batches of `epoch`, starting after the first `skip` of them."""
+    batches = batch_order(len(dataset), batch_size, seed, epoch, run.rank, run.world_size, shuffle)[skip:]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                       collate_fn=trim_padding, pin_memory=run.device.type == "cuda")
+
+
+def train_batches(dataset, args, run, progress):
+    """Micro-batches from where `progress` says (epoch, batch) to the end of the last epoch, keeping
+    `progress.epoch` / `progress.batch_in_epoch` current, so a save at any optimizer step can resume exactly.
+    Each epoch's batch count is a multiple of accumulation_steps: no step straddles two epochs."""
+    while progress.epoch < args.epochs:
+        usable = steps_per_epoch(dataset, args, run) * args.accumulation_steps
+        loader = make_loader(dataset, args.batch_size, args.seed, progress.epoch, progress.batch_in_epoch, run,
+                             args.num_workers)
+        for batch in loader:
+            if progress.batch_in_epoch >= usable:
+                break
+            progress.batch_in_epoch += 1
+            yield batch
+        progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+
+
+def steps_per_epoch(dataset, args, run) -> int:
+    """Optimizer steps in one epoch."""
+    return len(dataset) // (args.batch_size * run.world_size) // args.accumulation_steps
+
+
+def load_datasets(dataset_class, train_path: str, val_path: str | None, tokenizer, max_seq_len: int,
+                  pack_chats: bool = False, seed: int = 0, **kwargs):
+    """(train, validation or None) datasets of one class. `pack_chats` fills the training windows with several
+    chats (PackedDataset); validation stays one chat per row."""
+    train = dataset_class(train_path, tokenizer, max_seq_len, **kwargs)
+    if pack_chats:
+        train = PackedDataset(train, max_seq_len, seed)
+    val = dataset_class(val_path, tokenizer, max_seq_len, **kwargs) if val_path else None
+    return train, val

@@ -1,0 +1,123 @@
+"""The optimizer step: LR schedule, mixed precision, gradient accumulation, clipping, DDP / DeepSpeed /
+torch.compile wrapping, and the guard against non-finite losses."""
+import json
+import math
+
+import torch
+import torch.distributed as dist
+
+
+def cosine_lr(step: int, total_steps: int, max_lr: float, warmup: int = 0, min_ratio: float = 0.1) -> float:
+    """Linear warmup to max_lr, then a cosine from max_lr down to max_lr * min_ratio at total_steps."""
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return max_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def deepspeed_config(args, run) -> dict:
+    """The --deepspeed JSON (ZeRO stage, buckets) completed from the flags, which stay the source of truth."""
+    with open(args.deepspeed) as f:
+        config = json.load(f)
+    config.update(train_micro_batch_size_per_gpu=args.batch_size, gradient_accumulation_steps=args.accumulation_steps,
+                  gradient_clipping=args.grad_clip, bf16={"enabled": run.dtype == torch.bfloat16},
+                  fp16={"enabled": run.dtype == torch.float16})
+    return config
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Stepper:
+    """Owns the optimizer. `backward(loss)` per micro-batch; `step(lr)` after `accumulation_steps` of them.
+
+    Plain PyTorch, DDP and DeepSpeed differ only here, so the scripts' loops are the same for all three.
+    A non-finite loss skips its micro-batch (reported); `max_bad` in a row stop the run.
+    """
+
+    def __init__(self, model, args, run, max_bad: int = 5):
+        self.run, self.accum, self.grad_clip, self.max_bad = run, args.accumulation_steps, args.grad_clip, max_bad
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]  # matrices decay; norms and biases do not
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.deepspeed = None
+        if args.deepspeed:
+            import deepspeed
+            optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+            self.deepspeed, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=deepspeed_config(args, run))
+            self.model = self.deepspeed
+            if args.compile:
+                self.deepspeed.compile()  # DeepSpeed compiles the module it wraps (its hooks stay outside)
+        else:
+            fused = run.device.type == "cuda"
+            self.optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95), fused=fused)
+            # Compile first, then wrap in DDP (as nanoGPT): the compiled graph is the per-rank computation and
+            # DDP's gradient all-reduce stays outside it. Weights are shared, so saving `model` is unchanged.
+            self.model = torch.compile(model) if args.compile else model
+            if run.ddp:
+                device_ids = [run.device.index] if run.device.type == "cuda" else None
+                self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
+        self.scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16 and not self.deepspeed)
+        self.micro = 0  # micro-batches since the last optimizer step
+        self.bad_in_row, self.skipped = 0, 0
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        """Backpropagate one micro-batch's loss; False (and nothing done) when the loss is NaN/inf."""
+        finite = torch.isfinite(loss.detach()).float()
+        if self.run.ddp:  # all ranks skip together, or DDP's gradient all-reduce would hang
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not finite.item():
+            self.bad_in_row += 1
+            self.skipped += 1
+            self.run.print(f"warning: non-finite loss ({loss.item()}), micro-batch skipped "
+                           f"({self.bad_in_row} in a row)")
+            if self.bad_in_row >= self.max_bad:
+                raise NonFiniteLoss(f"{self.bad_in_row} non-finite losses in a row: the run diverged. The last "
+                                    "checkpoint is intact; resume with a lower --learning_rate")
+            return False
+        self.bad_in_row = 0
+        if self.deepspeed:
+            self.deepspeed.backward(loss)  # DeepSpeed scales for accumulation itself
+            if self.micro + 1 < self.accum:
+                self.deepspeed.step()  # it expects a step() per micro-batch; only the last one updates
+        else:
+            # DDP: all-reduce gradients only on the micro-batch that completes the accumulation.
+            if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+                self.model.require_backward_grad_sync = self.micro + 1 == self.accum
+            self.scaler.scale(loss / self.accum).backward()
+        self.micro += 1
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self.micro == self.accum
+
+    def step(self, lr: float) -> float:
+        """Apply the accumulated gradients; returns the gradient norm before clipping."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.micro = 0
+        if self.deepspeed:
+            self.deepspeed.step()
+            return float(self.deepspeed.get_global_grad_norm() or 0.0)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        if torch.isfinite(norm):
+            self.scaler.step(self.optimizer)
+        else:
+            self.run.print("warning: non-finite gradient norm, optimizer step skipped")
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,242 @@
+"""A training session: the machinery around a stage's loop (optimizer step, LR, logging, evaluation, checkpoints
+with exact resume, Ctrl-C), so each train_*.py keeps only its data, its model and its loss."""
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import atomic_torch_save, checkpoint_path, clean_state_dict, save_weights, unwrap
+from .dataloader import steps_per_epoch, train_batches
+from .logger import Logger, flops_per_token
+from .loss_eval import evaluate, token_byte_lengths
+from .optimizer import NonFiniteLoss, Stepper, cosine_lr
+from .runtime import Run, cleanup
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Progress, checkpoints and exact resume.
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved with every checkpoint and restored by --resume."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch consumed (at the last optimizer step)
+    tokens: int = 0  # sequence positions processed, all ranks
+    loss: float = float("nan")  # last logged training loss
+    val_loss: float = float("nan")
+    val_bpb: float = float("nan")
+    evaluated_step: int = -1
+    eval: dict = field(default_factory=dict)  # the last evaluation's numbers
+    elapsed: float = 0.0  # training seconds before this process started (for resumed runs)
+    run_id: str = field(default_factory=lambda: f"{int(time.time())}-{os.getpid()}")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpointer:
+    """Writes out/<stage>_<hidden>[_moe].pth (+ .json meta) for the next stage, and a resume state
+    out/<stage>_<hidden>[_moe]_resume.pth (full-precision weights, optimizer, scaler, progress, RNG)."""
+
+    def __init__(self, args, run: Run, model, stepper: Stepper, stage: str, weights_path: str | None = None,
+                 save_fn=save_weights):
+        self.args, self.run, self.model, self.stepper, self.stage = args, run, model, stepper, stage
+        config = unwrap(model).config
+        self.weights_path = weights_path or checkpoint_path(args.out_dir, stage, config.hidden_size, config.use_moe)
+        self.resume_path = self.weights_path.replace(".pth", "_resume.pth")
+        self.save_fn = save_fn  # (model, path, meta): writes the stage's product (LoRA writes only its weights)
+
+    def save(self, progress: Progress):
+        """All ranks call this (DeepSpeed shards optimizer state); only rank 0 writes the plain files."""
+        if self.stepper.deepspeed:
+            self.stepper.deepspeed.save_checkpoint(self.resume_path + ".ds", tag="last",
+                                                   client_state={"progress": asdict(progress), "rng": rng_state()})
+        if self.run.is_main:
+            meta = {"stage": self.stage, "step": progress.step, "tokens": progress.tokens, "loss": progress.loss,
+                    "val_loss": progress.val_loss, "val_bpb": progress.val_bpb, "eval": progress.eval,
+                    "args": vars(self.args)}
+            self.save_fn(self.model, self.weights_path, meta)
+            if not self.stepper.deepspeed:
+                state = {"model": unwrap(self.model).state_dict(), **self.stepper.state_dict(),
+                         "progress": asdict(progress), "rng": rng_state()}
+                atomic_torch_save(state, self.resume_path)
+        if self.run.ddp:
+            dist.barrier()
+
+    def restore(self) -> Progress:
+        """The progress of the last save, with model, optimizer and RNG put back as they were then."""
+        if self.stepper.deepspeed:
+            _, client = self.stepper.deepspeed.load_checkpoint(self.resume_path + ".ds", tag="last")
+            progress, rng = Progress(**client["progress"]), client["rng"]
+        else:
+            if not os.path.exists(self.resume_path):
+                sys.exit(f"--resume: {self.resume_path} not found (nothing saved yet for this stage and size)")
+            state = torch.load(self.resume_path, map_location="cpu", weights_only=True)
+            unwrap(self.model).load_state_dict(clean_state_dict(state["model"]))
+            self.stepper.load_state_dict(state)
+            progress, rng = Progress(**state["progress"]), state["rng"]
+        set_rng_state(rng)
+        self.run.print(f"resume: {self.resume_path} at step {progress.step} "
+                       f"(epoch {progress.epoch + 1}, batch {progress.batch_in_epoch})")
+        return progress
+
+
+class StopRequested:
+    """Turns Ctrl-C / SIGTERM into a flag the loop checks at the next optimizer step, so the run saves a
+    consistent resume state and exits cleanly instead of dying mid-write."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handler)
+
+    def handler(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstop requested: saving at the next step (Ctrl-C again to quit at once)", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The session.
+
+
+class Session:
+    """What every stage's loop needs besides its loss. A script's loop reads:
+
+        for batch in session.batches():
+            with run.autocast():
+                loss = ...                       # the stage's algorithm, written in the script
+            session.backward(loss)
+            if session.ready:
+                session.step(loss)               # LR schedule, clip, optimizer step; log / eval / save
+
+    `evaluate` is called every --eval_interval steps and at the end; it returns named numbers
+    (default: validation loss and bits per byte on `val_data`).
+    """
+
+    def __init__(self, args, run: Run, model, train_data, stage: str, tokenizer=None, val_data=None,
+                 evaluate_fn=None, weights_path: str | None = None, save_fn=save_weights):
+        self.args, self.run, self.train_data, self.stage = args, run, train_data, stage
+        self.stepper = Stepper(model, args, run)
+        self.model = self.stepper.model  # wrapped by DDP / DeepSpeed when distributed: call this one
+        self.checkpoints = Checkpointer(args, run, model, self.stepper, stage, weights_path, save_fn)
+        self.progress = self.checkpoints.restore() if args.resume else Progress()
+        self.total_steps = args.max_steps or args.epochs * steps_per_epoch(train_data, args, run)
+        if self.total_steps <= 0:
+            sys.exit(f"{stage}: {len(train_data)} samples make no full step at batch {args.batch_size} x "
+                     f"{args.accumulation_steps} accumulation x {run.world_size} processes")
+        if evaluate_fn is None and val_data is not None:
+            byte_lengths = token_byte_lengths(tokenizer)
+            evaluate_fn = lambda m: dict(zip(("val_loss", "val_bpb"), evaluate(m, val_data, args, run, byte_lengths,
+                                                                                 args.eval_batches)))
+        self.evaluate_fn = evaluate_fn
+        flops = flops_per_token(unwrap(model).config, args.max_seq_len)
+        stem = os.path.splitext(self.checkpoints.weights_path)[0]
+        self.logger = Logger(run, args, stem, self.total_steps, flops, self.progress)
+        self.stop = StopRequested()
+        self.saved_step = self.progress.step if args.resume else None
+        run.print(f"data: {len(train_data):,} samples, {self.total_steps} optimizer steps of "
+                  f"{args.batch_size} x {args.accumulation_steps} x {run.world_size} sequences")
+        model.train()
+
+    def batches(self):
+        """Micro-batches on the run's device, from the resume position, until the last step."""
+        for batch in train_batches(self.train_data, self.args, self.run, self.progress):
+            self.batch_tokens = sum(v.numel() for k, v in batch.items() if k.endswith("input_ids"))
+            yield {k: v.to(self.run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if self.progress.step >= self.total_steps or self.stop.requested:
+                return
+
+    def backward(self, loss: torch.Tensor):
+        """Backpropagate one micro-batch's loss."""
+        try:
+            self.stepper.backward(loss)
+        except NonFiniteLoss as e:
+            cleanup(self.run)
+            saved = (f"{self.checkpoints.weights_path} holds step {self.saved_step}" if self.saved_step is not None
+                     else "nothing was saved yet")
+            sys.exit(f"{self.stage}: {e} ({saved})")
+        self.progress.tokens += self.batch_tokens * self.run.world_size  # positions computed, all ranks
+
+    @property
+    def ready(self) -> bool:
+        return self.stepper.ready
+
+    def step(self, loss: torch.Tensor, **metrics):
+        """Optimizer step at the scheduled LR, then log (`loss` and `metrics` of the last micro-batch),
+        evaluate and save when their intervals come round, or when Ctrl-C asked to stop."""
+        args, progress = self.args, self.progress
+        lr = cosine_lr(progress.step, self.total_steps, args.learning_rate, args.warmup_iters, args.min_lr_ratio)
+        grad_norm = self.stepper.step(lr)
+        progress.step += 1
+        if progress.step % args.log_interval == 0 or progress.step == self.total_steps:
+            progress.loss = self.run.mean(loss.item())
+            self.logger.train(progress, lr, grad_norm, {k: self.run.mean(v) for k, v in metrics.items()})
+        if args.eval_interval and progress.step % args.eval_interval == 0:
+            self.evaluate()
+        if progress.step % args.save_interval == 0 or self.stop.requested:
+            self.save()
+
+    def evaluate(self):
+        if self.evaluate_fn is None:
+            return
+        results = self.evaluate_fn(unwrap(self.model))
+        self.progress.val_loss = results.get("val_loss", self.progress.val_loss)
+        self.progress.val_bpb = results.get("val_bpb", self.progress.val_bpb)
+        self.progress.evaluated_step = self.progress.step
+        self.progress.eval = {k: float(v) for k, v in results.items()}
+        self.logger.eval(self.progress, results)
+
+    def save(self):
+        self.progress.elapsed = self.logger.elapsed()
+        self.checkpoints.save(self.progress)
+        self.saved_step = self.progress.step
+
+    def finish(self):
+        """Final evaluation and checkpoint (unless Ctrl-C already saved), loss curve, shutdown."""
+        if not self.stop.requested:
+            if self.progress.evaluated_step != self.progress.step:
+                self.evaluate()
+            self.save()
+            self.run.print(f"saved {self.checkpoints.weights_path}")
+        self.logger.finish()
+        cleanup(self.run)
+
+
+def train_next_token(session: Session):
+    """The loop of pretraining, SFT and LoRA: they differ only in their labels (-100 outside the assistant
+    replies for SFT and LoRA) and in which parameters train (LoRA: the adapters only)."""
+    run = session.run
+    for batch in session.batches():
+        with run.autocast():
+            out = session.model(batch["input_ids"], labels=batch["labels"])
+            loss = out.loss + out.aux_loss  # next-token cross-entropy (+ MoE load balancing)
+        session.backward(loss)
+        if session.ready:  # every --accumulation_steps micro-batches
+            session.step(out.loss)
+    session.finish()
