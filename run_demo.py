@@ -12,6 +12,7 @@ questions asked in phrasings never seen in training, with sample answers. Everyt
 import argparse
 import csv
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -175,6 +176,11 @@ def pct(value) -> str:
     return "" if value is None else f"{100 * value:.1f}%"
 
 
+def num(value, spec: str = ".3f") -> str:
+    """A number for the report card; a dash for one the stage does not have (None, or NaN from the meta)."""
+    return "–" if value is None or math.isnan(value) else format(value, spec)
+
+
 def write_report(stages: list[Stage], args, path: str, total_seconds: float):
     done = [s for s in stages if s.results]
     lines = ["# MiniMind report card", "",
@@ -187,8 +193,8 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
         acc = r.get("accuracy", {}).get("overall")
         val = r.get("val_loss")
         lines.append(f"| {s.name} | {r['seconds'] / 60:.1f} min | {r['steps']} | {r['tokens']:,} | "
-                     f"{r['tok_per_s']:,.0f} | {r['train_loss']:.3f} | {'' if val is None else f'{val:.3f}'} | "
-                     f"{r.get('bpb', float('nan')):.3f} | {pct(acc)} |")
+                     f"{num(r['tok_per_s'], ',.0f')} | {num(r['train_loss'])} | {num(val)} | {num(r.get('bpb'))} | "
+                     f"{pct(acc)} |")
     lines += ["", "Held-out loss is each stage's own validation set (text for pretraining, replies for chat "
               "stages, the DPO loss for DPO); bits per byte is on the same held-out pretraining text for every "
               "stage, so stages compare."]

@@ -1,6 +1,6 @@
 """Datasets for every training stage: jsonl lines in, fixed-length tensors out.
 
-Each class reads one format of DESIGN.md §2 and returns tensors the Hugging Face way:
+Each class reads one format of dataset/README.md and returns tensors the Hugging Face way:
 `input_ids` right-padded with the pad id to exactly `max_seq_len`, and `labels` equal to
 `input_ids` where a token is learned and -100 elsewhere (not shifted: the model shifts).
 
@@ -435,8 +435,8 @@ class RLPromptDataset(_ChatDataset):
     def _encode(self, row):
         messages = get_field(row, "conversations", list)
         if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant" \
-                and not messages[-1].get("content"):
-            messages = messages[:-1]  # minimind's RLAIF rows end with an empty reply to fill in
+                and messages[-1].get("content") in (None, "", "None"):
+            messages = messages[:-1]  # minimind's RLAIF rows end with an empty reply to fill in ("" or "None")
         check_conversation(messages, need_assistant=False)
         if messages[-1]["role"] != "user":
             raise DataError(f"prompt must end with a user message, not {messages[-1]['role']}")

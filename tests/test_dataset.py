@@ -177,6 +177,8 @@ def test_rl_prompts(tok, tmp_path):
     assert first["prompt"] == tok.apply_chat_template(user_only, tokenize=False, add_generation_prompt=True)
     assert first["prompt"].endswith("<|im_start|>assistant\n") and first["answer"] == "5"
     assert first["prompt_ids"].tolist() == tok.encode(first["prompt"], add_special_tokens=False)
+    published = {"conversations": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "None"}]}
+    assert RLPromptDataset(write_jsonl(tmp_path / "rlaif.jsonl", [published]), tok, 64)[0]["prompt"] == first["prompt"]
     batch = ds.collate([ds[0], ds[1]])
     lengths = [len(ds[0]["prompt_ids"]), len(ds[1]["prompt_ids"])]
     assert batch["input_ids"].shape == (2, max(lengths)) and batch["attention_mask"].sum(1).tolist() == lengths
