@@ -12,7 +12,7 @@ line. Kept documents go to --output, or to its `.val` twin for a share --val_rat
 hash, so a document lands on the same side in every run and whatever the file order.
 
 Streaming: one line in memory at a time. What grows is the memory of the documents kept:
-16 bytes per exact hash and 16 per LSH band (11 bands at the defaults), ~200 bytes per
+16 bytes per exact hash and 16 per LSH band (9 bands at the defaults), ~200 bytes per
 document, 2 GB for 10 M documents; --near_dup_threshold 0 turns the LSH off.
 """
 import argparse
@@ -27,6 +27,7 @@ from contextlib import ExitStack
 
 import numpy as np
 from datasketch import MinHash
+from scipy.special import beta, betainc  # scipy comes with datasketch
 from tqdm import tqdm
 
 # --- cleaning ---------------------------------------------------------------------------
@@ -123,12 +124,17 @@ def shingles(text, size):
     return {" ".join(units[i:i + size]) for i in range(max(1, len(units) - size + 1))} if units else set()
 
 
-def lsh_bands(threshold, num_perm):
-    """(bands, rows): b bands of r MinHash values each. Two documents share a band with probability
-    1 - (1 - J^r)^b for Jaccard similarity J, an S-curve rising at J ≈ (1/b)^(1/r): pick the b, r
-    that put that point nearest the threshold."""
-    return min(((num_perm // r, r) for r in range(1, num_perm + 1)),
-               key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - threshold))
+def lsh_bands(threshold, num_perm, fp_weight=0.5, fn_weight=0.5):
+    """(bands, rows): b bands of r MinHash values each, b * r <= num_perm. Two documents share a band
+    with probability P(J) = 1 - (1 - J^r)^b for Jaccard similarity J. Pick the b, r that minimise the
+    weighted false-positive area (P below the threshold) plus false-negative area (1 - P above it),
+    as datasketch's MinHashLSH does; the areas are incomplete beta functions (substitute u = J^r)."""
+    b, r = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]).T
+    below = betainc(1 / r, b + 1, threshold ** r)  # share of the integral of (1 - J^r)^b over [0, 1] below it
+    area = beta(1 / r, b + 1) / r  # the integral of (1 - J^r)^b over [0, 1]
+    false_pos, false_neg = threshold - area * below, area * (1 - below)
+    best = np.argmin(fp_weight * false_pos + fn_weight * false_neg)
+    return int(b[best]), int(r[best])
 
 
 class NearDupIndex:

@@ -2,6 +2,9 @@
 import json
 import random
 
+import pytest
+from datasketch.lsh import _optimal_param
+
 from scripts.clean_data import HashSet, clean_file, clean_text, lsh_bands, val_path
 
 random.seed(0)
@@ -40,9 +43,9 @@ def test_exact_and_near_duplicates_removed_distinct_kept(tmp_path):
     planted = [
         "<p>" + distinct[0].replace(" ", "  ", 5) + "</p>",  # exact duplicate once cleaned
         distinct[1],                                          # exact duplicate
-        change_units(distinct[2], 3, rng, sep=True),          # 3 of 200 words changed
-        change_units(distinct[40], 3, rng, sep=False),        # 3 of 300 characters changed
-    ]
+        change_units(distinct[2], 2, rng, sep=True),          # 2 of 200 words changed: Jaccard 0.94
+        change_units(distinct[40], 3, rng, sep=False),        # 3 of 300 characters changed: 0.94
+    ]  # at 0.94 the bands for threshold 0.8 (9 x 13) catch a near duplicate with probability > 0.99
     stats, kept = run(tmp_path, [{"text": t} for t in distinct + planted])
     assert [row["text"] for row in kept] == distinct
     assert stats["removed_exact_dup"] == 2 and stats["removed_near_dup"] == 2 and stats["kept_train"] == 60
@@ -100,10 +103,18 @@ def test_plain_text_input(tmp_path):
     assert stats["docs_in"] == 3 and stats["removed_exact_dup"] == 1
 
 
-def test_hash_set_and_bands():
+def test_hash_set():
     s = HashSet(capacity=4)
     values = [random.getrandbits(64) or 1 for _ in range(1000)]
     for v in values:
         s.add(v)
     assert all(v in s for v in values) and s.count == 1000 and 12345 not in s
-    assert lsh_bands(0.8, 128) == (11, 11)
+
+
+@pytest.mark.parametrize("num_perm", [32, 128, 256])
+def test_lsh_bands_are_datasketch_optimum(num_perm):
+    """The same (bands, rows) that datasketch's MinHashLSH picks: the least weighted sum of the
+    false-positive and false-negative areas (its default weights 0.5, 0.5, and a skewed pair)."""
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        assert lsh_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    assert lsh_bands(0.8, num_perm, 0.2, 0.8) == _optimal_param(0.8, num_perm, 0.2, 0.8)
