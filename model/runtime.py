@@ -137,6 +137,8 @@ def setup_run(args) -> Run:
         torch.backends.cudnn.allow_tf32 = True
     backend = "nccl" if device.type == "cuda" else "gloo"
     if args.deepspeed and not dist.is_initialized():  # DeepSpeed wants a process group even for one process
+        if device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # not its CUDA backend on a GPU machine run on the CPU
         import deepspeed
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("RANK", "0"),
                            ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):

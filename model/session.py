@@ -143,7 +143,7 @@ class Session:
                  evaluate_fn=None, weights_path: str | None = None, save_fn=save_weights):
         self.args, self.run, self.train_data, self.stage = args, run, train_data, stage
         self.stepper = Stepper(model, args, run)
-        self.model = self.stepper.model  # wrapped by DDP / DeepSpeed when distributed: call this one
+        self.model = self.stepper.model  # wrapped by torch.compile / DDP / DeepSpeed when asked: call this one
         self.checkpoints = Checkpointer(args, run, model, self.stepper, stage, weights_path, save_fn)
         self.progress = self.checkpoints.restore() if args.resume else Progress()
         self.total_steps = args.max_steps or args.epochs * steps_per_epoch(train_data, args, run)
@@ -159,6 +159,7 @@ class Session:
         stem = os.path.splitext(self.checkpoints.weights_path)[0]
         self.logger = Logger(run, args, stem, self.total_steps, flops, self.progress)
         self.stop = StopRequested()
+        self.stopping = False  # the stop request as all ranks agreed on it at the last optimizer step
         self.saved_step = self.progress.step if args.resume else None
         run.print(f"data: {len(train_data):,} samples, {self.total_steps} optimizer steps of "
                   f"{args.batch_size} x {args.accumulation_steps} x {run.world_size} sequences")
@@ -166,10 +167,12 @@ class Session:
 
     def batches(self):
         """Micro-batches on the run's device, from the resume position, until the last step."""
+        if self.progress.step >= self.total_steps:  # resumed from a run that had already finished
+            return
         for batch in train_batches(self.train_data, self.args, self.run, self.progress):
             self.batch_tokens = sum(v.numel() for k, v in batch.items() if k.endswith("input_ids"))
             yield {k: v.to(self.run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            if self.progress.step >= self.total_steps or self.stop.requested:
+            if self.progress.step >= self.total_steps or self.stopping:
                 return
 
     def backward(self, loss: torch.Tensor):
@@ -199,7 +202,9 @@ class Session:
             self.logger.train(progress, lr, grad_norm, {k: self.run.mean(v) for k, v in metrics.items()})
         if args.eval_interval and progress.step % args.eval_interval == 0:
             self.evaluate()
-        if progress.step % args.save_interval == 0 or self.stop.requested:
+        # Ctrl-C reaches each process on its own: all must stop (and save, a collective) at the same step.
+        self.stopping = self.run.mean(float(self.stop.requested)) > 0 if self.run.ddp else self.stop.requested
+        if progress.step % args.save_interval == 0 or self.stopping:
             self.save()
 
     def evaluate(self):
@@ -219,7 +224,7 @@ class Session:
 
     def finish(self):
         """Final evaluation and checkpoint (unless Ctrl-C already saved), loss curve, shutdown."""
-        if not self.stop.requested:
+        if not self.stopping:
             if self.progress.evaluated_step != self.progress.step:
                 self.evaluate()
             self.save()
