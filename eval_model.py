@@ -92,7 +92,7 @@ def main(argv=None):
         if not args.interactive:
             print(f"\nyou> {prompt}")
         print("minimind> " + (prompt if pretrain else ""), end="", flush=True)
-        reply = ReplyStream(tokenizer, split_think=not pretrain)
+        reply = ReplyStream(tokenizer, split_think=not pretrain, prompt_ids=ids)
         printer = ReplyPrinter()
         start = time.perf_counter()
         for delta in generate_reply(model, ids, reply, **sampling):

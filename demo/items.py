@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from model.reasoning import format_reply
+
 from .phrasings import (COLUMN, EQUATION, IDENTITY, IDENTITY_SENTENCE, OTHER_LANG, PLACES, RELATIONS,
                         SENTENCE_JOIN, SO_THE_ANSWER_IS, TWO_HOP, WORD_PROBLEMS)
 from .world import COLOURS, PETS, PRODUCTS, PROFESSIONS, Fact, Name, World, kind_of
@@ -29,7 +31,7 @@ class Item:
 
 
 def reasoning_reply(item: Item) -> str:
-    return "<think>\n" + "\n".join(item.think) + "\n</think>\n<answer>\n" + (item.final or item.reply) + "\n</answer>"
+    return format_reply("\n".join(item.think), item.final or item.reply)
 
 
 def surface(x, lang: str) -> str:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from .checkpoint import CheckpointError, checkpoint_path, load_model
-from .reasoning import ThinkSplitter, held_suffix
+from .reasoning import ThinkSplitter, held_suffix, opens_thinking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
@@ -231,14 +231,15 @@ class Delta:
 class ReplyStream:
     """Token ids in, `Delta`s out: UTF-8-safe decoding -> stop strings -> optional <think> split.
 
-    `split_think=False` passes text through untouched (plain completions); `thinking=True` says the prompt
-    already opened a think block (see `reasoning.opens_thinking`). The whole reply so far is kept in
-    `reasoning` / `content`, and the number of tokens pushed in `n_tokens`.
+    `split_think=False` passes text through untouched (plain completions). `prompt_ids`, when given, say
+    whether the reply starts inside a think block: templates with a thinking switch end the prompt with
+    `<think>`. The whole reply so far is kept in `reasoning` / `content`, the tokens pushed in `n_tokens`.
     """
 
-    def __init__(self, tokenizer, stop=(), split_think=True, thinking=False):
+    def __init__(self, tokenizer, stop=(), split_think=True, prompt_ids=None):
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.stop = StopStrings(stop)
+        thinking = bool(prompt_ids) and opens_thinking(tokenizer.decode(list(prompt_ids[-8:])))
         self.splitter = ThinkSplitter(thinking) if split_think else None
         self.reasoning, self.content, self.n_tokens = "", "", 0
 

@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from .reasoning import TAGS as REASON_TAGS
+
 IGNORE = -100  # label of a token the loss skips (the default ignore_index of cross_entropy)
 ROLES = ("system", "user", "assistant")
-REASON_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 MAX_WARNINGS = 10  # bad lines reported one by one before counting silently
 
 

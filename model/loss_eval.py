@@ -81,7 +81,7 @@ def held_out_sums(model, dataset, args, run, measure, max_batches: int | None = 
     model.train(was_training)
     if not totals:
         return {}
-    names = sorted(totals)
+    names = list(totals)  # measure's order, the same on every rank
     stacked = torch.stack([totals[n] for n in names])
     if run.ddp:
         dist.all_reduce(stacked)

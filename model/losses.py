@@ -5,7 +5,7 @@ model find the reply it was shown", token by token and per sequence.
 """
 import torch
 
-IGNORE = -100  # label of a token that does not count (prompt, padding), as in model/dataset.py
+from .dataset import IGNORE  # label of a token that does not count (prompt, padding)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,11 @@ TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 TEMPLATE = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$", re.DOTALL)
 
 
+def format_reply(thinking: str, answer: str) -> str:
+    """A reply in the format, as reasoning data is written (the demo's reason.jsonl, black-box distillation)."""
+    return f"{THINK_OPEN}\n{thinking}\n{THINK_CLOSE}\n{ANSWER_OPEN}\n{answer}\n{ANSWER_CLOSE}"
+
+
 def follows_template(reply: str) -> bool:
     """True when the reply is exactly one think block followed by one answer block."""
     return TEMPLATE.match(reply) is not None

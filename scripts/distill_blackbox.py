@@ -41,6 +41,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from tqdm import tqdm
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
+from model.reasoning import format_reply  # noqa: E402
+
 try:
     import openai
 except ImportError:
@@ -115,7 +119,7 @@ def reply_text(message) -> str:
     content = (message.content or "").strip()
     reasoning = (getattr(message, "reasoning_content", None) or "").strip()
     if reasoning:
-        return f"<think>\n{reasoning}\n</think>\n<answer>\n{content}\n</answer>"
+        return format_reply(reasoning, content)
     return content
 
 

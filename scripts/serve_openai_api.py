@@ -156,7 +156,7 @@ class Generation:
             seed=None if body.seed is None else body.seed + index))  # the n samples of a seed differ
             for index, prompt in enumerate(prompts)]
         self.prompt_tokens = sum(map(len, prompts)) // n
-        self.replies = [ReplyStream(state.tokenizer, stop, split_think) for _ in prompts]
+        self.replies = [ReplyStream(state.tokenizer, stop, split_think, prompt) for prompt in prompts]
         self.finish_reasons = [None] * len(prompts)
 
     async def events(self, client: Request | None = None):

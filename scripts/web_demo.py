@@ -54,7 +54,7 @@ def answer(model, tokenizer, messages: list[dict], pretrain: bool, history_turns
         history = recent_history(messages[:-1], history_turns)
         ids = chat_prompt_ids(tokenizer, [{"role": m["role"], "content": m["content"]} for m in history]
                               + [messages[-1]])
-    reply = ReplyStream(tokenizer, split_think=not pretrain)
+    reply = ReplyStream(tokenizer, split_think=not pretrain, prompt_ids=ids)
     with st.chat_message("assistant"):
         thinking_slot, answer_slot = st.empty(), st.empty()
         start = time.perf_counter()

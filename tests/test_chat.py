@@ -54,6 +54,19 @@ def test_reply_stream_splits_tokens_of_a_reasoning_reply():
     assert "".join(d.content for d in deltas) == "Yes 是的"
 
 
+def test_reply_stream_reads_from_the_prompt_whether_thinking_is_open():
+    """A template with a thinking switch ends the prompt with <think>: the reply then starts as thinking."""
+    tok = tokenizer()
+    reply_ids = tok("a\n</think>\n<answer>\nb\n</answer>", add_special_tokens=False)["input_ids"]
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    for prompt, parts in ((chat + "<think>\n", ("a", "b")), (chat, ("", "a\n</think>b"))):
+        reply = ReplyStream(tok, prompt_ids=tok(prompt, add_special_tokens=False)["input_ids"])
+        for t in reply_ids:
+            reply.push(t)
+        reply.finish()
+        assert (reply.reasoning, reply.content) == parts
+
+
 @pytest.mark.parametrize("stops, expected", [
     (["是的"], "Yes "), (["es 是"], "Y"), (["nothing"], "Yes 是的"), (["Yes", "s"], ""),
 ])
