@@ -1,5 +1,9 @@
-"""Shared test helpers: tiny models, a scripted model with a known reply, checkpoints in a temp dir."""
+"""Shared test helpers: tiny models, a scripted model with a known reply, checkpoints in a temp dir, a tiny
+corpus and the losses a training run logged."""
+import csv
+import json
 import os
+import random
 from functools import lru_cache
 
 import torch
@@ -56,3 +60,20 @@ def save_checkpoint(model, out_dir, stage="full_sft"):
     path = checkpoint_path(str(out_dir), stage, model.config.hidden_size, model.config.use_moe)
     save_weights(model, path, {"stage": stage}, dtype=torch.float32)
     return path
+
+
+def write_corpus(path, n=160, seed=0):
+    """A pretraining jsonl of random short bilingual sentences."""
+    rng = random.Random(seed)
+    words = "the cat sat on a mat while seven birds sang 小猫 在 垫子 上 睡觉 鸟 唱歌".split()
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))},
+                               ensure_ascii=False) + "\n")
+    return str(path)
+
+
+def losses(out_dir, name="pretrain_32"):
+    """{step: loss} from the run's CSV; a step logged twice (re-run after a resume) keeps its last value."""
+    with open(os.path.join(out_dir, f"{name}_log.csv")) as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")}

@@ -1,10 +1,7 @@
 """DeepSpeed ZeRO-2 with 2 processes (gloo on the CPU) against plain DDP with 2 processes: the same losses,
 the optimizer state really split between the processes, and a resume after kill -9 that continues exactly.
 Every run goes through the command line (torchrun train_pretrain.py), as a user would start it."""
-import csv
-import json
 import os
-import random
 import re
 import socket
 import subprocess
@@ -13,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, losses, write_corpus
 
 if os.environ.get("CI", "").lower() not in ("1", "true"):  # under CI a missing DeepSpeed fails, not skips
     pytest.importorskip("deepspeed")
@@ -23,16 +20,6 @@ TINY = ["--hidden_size", "64", "--num_hidden_layers", "2", "--max_seq_len", "64"
         "--dtype", "float32", "--device", "cpu", "--log_interval", "1", "--max_steps", "20", "--save_interval", "4"]
 # One thread per process (2 processes, 2 cores); DeepSpeed's CPU accelerator even on a machine with a GPU.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"}
-
-
-def write_corpus(path, n=400, seed=0):
-    rng = random.Random(seed)
-    words = "the cat sat on a mat while seven birds sang 小猫 在 垫子 上 睡觉 鸟 唱歌".split()
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    return str(path)
 
 
 def torchrun(*args):
@@ -50,17 +37,11 @@ def train(*args):
     return result
 
 
-def losses(out_dir):
-    """{step: loss} from the run's CSV; a step logged twice (re-run after a resume) keeps its last value."""
-    with open(os.path.join(out_dir, "pretrain_64_log.csv")) as f:
-        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")}
-
-
 def test_zero2_on_two_processes_matches_ddp_and_resumes_after_kill_9(tmp_path):
-    data = write_corpus(tmp_path / "train.jsonl")
+    data = write_corpus(tmp_path / "train.jsonl", n=400)
     ddp = tmp_path / "ddp"
     assert "2 process(es)" in train("--data_path", data, "--out_dir", str(ddp)).stdout
-    reference = losses(ddp)
+    reference = losses(ddp, "pretrain_64")
     assert len(reference) == 20 and reference[20] < reference[1]
 
     # ZeRO-2, killed (all processes, no clean-up) once step 5 is logged, i.e. after the step-4 save; the
@@ -95,7 +76,7 @@ def test_zero2_on_two_processes_matches_ddp_and_resumes_after_kill_9(tmp_path):
     resumed = train(*ds, "--resume")
     saved = int(re.search(r"resume: .* at step (\d+)", resumed.stdout)[1])
     assert saved % 4 == 0 and 4 <= saved < 20
-    assert losses(out) == pytest.approx(reference, abs=1e-5)  # steps before the kill, then after the resume
+    assert losses(out, "pretrain_64") == pytest.approx(reference, abs=1e-5)  # steps before the kill, then after the resume
     final = torch.load(out / "pretrain_64.pth", weights_only=True)
     for name, weight in model.items():
         assert torch.allclose(final[name].float(), weight.float(), atol=1e-3), name  # saved in fp16

@@ -1,11 +1,8 @@
 """The training engine: LR schedule, data order, exact resume (Ctrl-C and kill -9), DDP = one process,
 NaN guard, atomic checkpoints, bits per byte, wandb offline."""
 import argparse
-import csv
-import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -23,19 +20,9 @@ from model.optimizer import NonFiniteLoss, Stepper, cosine_lr
 from model.runtime import Run, add_common_args
 from model.session import Session
 
-from tests.helpers import ROOT, TOKENIZER
+from tests.helpers import ROOT, TOKENIZER, losses, write_corpus
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
         "--dtype", "float32", "--device", "cpu", "--log_interval", "1", "--eval_batches", "2"]
-
-
-def write_corpus(path, n=160, seed=0):
-    rng = random.Random(seed)
-    words = "the cat sat on a mat while seven birds sang 小猫 在 垫子 上 睡觉 鸟 唱歌".split()
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))},
-                               ensure_ascii=False) + "\n")
-    return str(path)
 
 
 def parse(extra):
@@ -51,12 +38,6 @@ def train(tmp_path, *extra, timeout=240, nproc=1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd + TINY + list(extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=env)
-
-
-def losses(out_dir, name="pretrain_32"):
-    """{step: loss} from the run's CSV; a step logged twice (re-run after a resume) keeps its last value."""
-    with open(os.path.join(out_dir, f"{name}_log.csv")) as f:
-        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")}
 
 
 def test_cosine_lr_warms_up_then_decays_to_the_floor():
