@@ -7,11 +7,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from model.rewards import answer_pattern, normalize
+
 from .items import (Item, WordProblem, answer_sentence, arithmetic_item, fact_item, identity_item, sample_operands,
                     sample_word_problem_numbers, two_hop_item, with_opener, word_problem_item)
 from .leaks import adjacent_number_pairs, pair_key
 from .phrasings import ARITHMETIC, IDENTITY, IDENTITY_OPENERS, LANGS, RELATIONS, TWO_HOP, WORD_PROBLEMS
-from .scoring import answer_pattern, normalize
 from .world import FACT_ATTRS, ITEMS, World, facts_of, kind_of, rng_for
 
 # Held-out sizes: fixed, so that scores compare across --scale.

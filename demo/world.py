@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .scoring import mentions
+from model.rewards import mentions
 
 
 # Vocabulary: every word exists in English and Chinese.

@@ -14,9 +14,10 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
-# The whole reply, nothing before or after: the tags on their own lines, a non-empty line of thinking and
-# of answer. DOTALL lets `.*?` span the many lines of a worked solution.
-TEMPLATE = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$", re.DOTALL)
+# The whole reply, nothing before or after: the tags on their own lines, each exactly once, around a
+# thinking and an answer that hold no tag. DOTALL lets the text span the many lines of a worked solution.
+_NO_TAG = "(?:(?!" + "|".join(map(re.escape, TAGS)) + ").)*?"
+TEMPLATE = re.compile(f"^<think>\n{_NO_TAG}\n</think>\n<answer>\n{_NO_TAG}\n</answer>$", re.DOTALL)
 
 
 def format_reply(thinking: str, answer: str) -> str:
