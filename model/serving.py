@@ -28,6 +28,7 @@ batched matmul per weight per step, which is where batching wins (a decode step 
 import collections
 import threading
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import torch
@@ -45,6 +46,7 @@ class SamplingParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    logprobs: bool = False  # keep each sampled token's log-prob (RL rollouts use them as the old policy)
 
 
 class Request:
@@ -58,6 +60,7 @@ class Request:
         self.on_event = on_event
         self.n_generated = 0
         self.cancelled = False
+        self.logprobs = [] if params.logprobs else None  # log p(token) under the sampling temperature
         p = params
         self.generator = None  # a seeded request samples from its own generator
         if p.temperature > 0 and p.seed is not None:
@@ -81,17 +84,20 @@ class Request:
 class Engine:
     """The scheduler. `start()` runs it on a background thread; tests may call `step()` directly instead."""
 
-    def __init__(self, model, max_batch_size: int = 16, eos_token_ids=None):
+    def __init__(self, model, max_batch_size: int = 16, eos_token_ids=None, generator: torch.Generator | None = None):
         self.model = model.eval()
         self.config = model.config
         self.device = model.device
         self.dtype = next(model.parameters()).dtype
         self.max_batch_size = max_batch_size
-        self.generator = torch.Generator(device=self.device)  # for requests without a seed
-        self.generator.seed()
+        self.generator = generator  # for requests without a seed; a caller's makes a synchronous run repeatable
+        if self.generator is None:
+            self.generator = torch.Generator(device=self.device)
+            self.generator.seed()
         eos = self.config.eos_token_id if eos_token_ids is None else eos_token_ids
         self.eos = {eos} if isinstance(eos, int) else set(eos)
         self.waiting = collections.deque()
+        self.calls: list[tuple] = []  # (fn, Future) for the engine thread to run between steps
         self.wakeup = threading.Condition()
         self.thread = None
         self.running = False
@@ -135,13 +141,35 @@ class Engine:
         return {"running": len(self.rows), "waiting": len(self.waiting), "max_batch_size": self.max_batch_size,
                 "finished": dict(self.stats)}
 
+    def call(self, fn):
+        """Run `fn()` on the engine thread between two decode steps and return its result (or raise its error):
+        the engine thread owns the model, so this is how another thread changes it. Requests in flight keep
+        going. Without a running engine thread (never started, stopped, or stepped by hand) it runs here."""
+        future = Future()
+        with self.wakeup:
+            queued = self.running and threading.current_thread() is not self.thread
+            if queued:
+                self.calls.append((fn, future))
+                self.wakeup.notify()
+        if queued:
+            return future.result()
+        if self.thread and self.thread is not threading.current_thread():
+            self.thread.join()  # stopped: let it finish the step it may be in
+        return fn()
+
     def loop(self):
         while True:
             with self.wakeup:
-                while self.running and not self.rows and not self.waiting:
+                while self.running and not self.rows and not self.waiting and not self.calls:
                     self.wakeup.wait()
-                if not self.running:
-                    return
+                calls, self.calls, running = self.calls, [], self.running
+            for fn, future in calls:  # including those queued just before stop(): nobody waits forever
+                try:
+                    future.set_result(fn())
+                except Exception as e:
+                    future.set_exception(e)
+            if not running:
+                return
             try:
                 self.step()
             except Exception:  # keep serving: fail the requests in flight, not the server
@@ -180,8 +208,9 @@ class Engine:
             request.on_event(None, "error")
             self.stats["error"] += 1
             return
-        token = int(self.sample(logits, [request])[0])
-        if self.emit(request, token):
+        tokens, logprobs = self.sample(logits, [request])
+        token = int(tokens[0])
+        if self.emit(request, token, float(logprobs[0])):
             return
         self.layout(keep=range(len(self.rows)), newcomer=cache)
         self.rows.append(request)
@@ -195,29 +224,38 @@ class Engine:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         out = self.model(self.tokens[:, None], attention_mask=self.mask, position_ids=self.positions[:, None],
                          cache=self.cache, logits_to_keep=1)
-        tokens = self.sample(out.logits[:, -1].float(), self.rows)
+        tokens, logprobs = self.sample(out.logits[:, -1].float(), self.rows)
         self.tokens, self.positions = tokens, self.positions + 1
-        done = [self.emit(request, token) for request, token in zip(self.rows, tokens.tolist())]
+        done = [self.emit(request, token, logprob)
+                for request, token, logprob in zip(self.rows, tokens.tolist(), logprobs.tolist())]
         self.retire(done)
 
-    def sample(self, logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
-        """The next token of each row: one `sample_next_token` call per group of rows with equal settings."""
+    def sample(self, logits: torch.Tensor, rows: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next token of each row (one `sample_next_token` call per group of rows with equal settings) and,
+        for rows that keep them, its log-prob under the temperature-scaled distribution, before top-k/top-p:
+        the policy's own log p(token), which training recomputes with a forward pass (NaN for other rows)."""
         groups = collections.defaultdict(list)
         for i, request in enumerate(rows):
             groups[request.sampling_group].append(i)
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        logprobs = torch.full((len(rows),), float("nan"), device=logits.device)
         for idx in groups.values():
             first, p = rows[idx[0]], rows[idx[0]].params
             seen = torch.cat([rows[i].seen for i in idx]) if first.seen is not None else None
             tokens[idx] = sample_next_token(logits[idx], p.temperature > 0, p.temperature, p.top_p, p.top_k,
                                             p.repetition_penalty, seen, first.generator or self.generator)
-        return tokens
+            if any(rows[i].logprobs is not None for i in idx):
+                scaled = logits[idx] / p.temperature if p.temperature > 0 else logits[idx]
+                logprobs[idx] = scaled.log_softmax(-1).gather(-1, tokens[idx, None]).squeeze(-1)
+        return tokens, logprobs
 
-    def emit(self, request: Request, token: int) -> bool:
+    def emit(self, request: Request, token: int, logprob: float) -> bool:
         """Hand the token to the request's owner; True when the request is finished."""
         request.n_generated += 1
         if request.seen is not None:
             request.seen[0, token] = True
+        if request.logprobs is not None:
+            request.logprobs.append(logprob)
         finish = "stop" if token in self.eos else "length" if request.n_generated >= request.params.max_tokens \
             else None
         request.on_event(token, finish)

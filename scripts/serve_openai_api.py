@@ -3,7 +3,8 @@
     python scripts/serve_openai_api.py --model_mode 1                 # out/full_sft_512.pth
     python scripts/serve_openai_api.py --load_from out/minimind-hf --api_key secret --port 8998
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions (streaming SSE or not), GET /v1/models, GET /health.
+Endpoints: POST /v1/chat/completions, POST /v1/completions (streaming SSE or not), GET /v1/models, GET /health,
+POST /update_weights_from_disk.
 Any OpenAI client works against it:
 
     from openai import OpenAI
@@ -13,12 +14,21 @@ Any OpenAI client works against it:
 Replies of reasoning models come as `content` (the answer) and `reasoning_content` (the <think> part), the
 field DeepSeek's API and vLLM use. Bad requests get a 4xx with OpenAI's error object, never a 500.
 `top_k` and `repetition_penalty` are accepted as extensions (vLLM's names).
+
+RL hand-over (model/rollout.py's ServerRollout, or any trainer written for vLLM/SGLang): /v1/completions takes
+token-id prompts and returns each sampled token's log-prob (`logprobs: 1`, `return_tokens_as_token_ids`). After
+each optimizer step the trainer saves the policy and POSTs {"model_path": ...} to /update_weights_from_disk
+(SGLang's endpoint, at the root, behind the API key): the weights change between two decode steps, and
+requests in flight go on with the new ones. `logprobs` is 0 or 1: the engine keeps the sampled token's
+log-prob only (under the temperature, before top-k/top-p), so `top_logprobs` is null; not with `stream`.
 """
 import argparse
 import asyncio
 import hmac
+import itertools
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -33,7 +43,9 @@ from starlette.exceptions import HTTPException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
-from model.chat import Delta, ReplyStream, add_model_args, chat_prompt_ids, text_prompt_ids
+from model.chat import (Delta, IncrementalDetokenizer, ReplyStream, add_model_args, chat_prompt_ids,
+                        text_prompt_ids)
+from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.serving import Engine, SamplingParams
 
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
@@ -119,7 +131,14 @@ class ChatRequest(GenerationFields):
 
 
 class CompletionRequest(GenerationFields):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    # OpenAI's four forms: a text, texts, token ids, lists of token ids (emptiness and ids checked later)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: Annotated[int | None, Field(ge=0, le=5)] = None
+    return_tokens_as_token_ids: bool | None = None  # vLLM's extension: logprobs tokens as "token_id:<id>"
+
+
+class WeightsRequest(Strict):
+    model_path: str
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,7 +159,7 @@ class Generation:
     the engine while `events()` is consumed, with their text streams and the token counts for `usage`."""
 
     def __init__(self, state: ServerState, prompts: list[list[int]], body: GenerationFields, max_tokens: int | None,
-                 split_think: bool):
+                 split_think: bool, logprobs: bool = False):
         n = body.n or 1
         if n > state.engine.max_batch_size:
             raise ApiError(400, f"n={n}: at most --max_batch_size={state.engine.max_batch_size}", param="n")
@@ -153,24 +172,28 @@ class Generation:
             top_p=1.0 if body.top_p is None else body.top_p,
             top_k=body.top_k or 0,
             repetition_penalty=body.repetition_penalty or 1.0,
-            seed=None if body.seed is None else body.seed + index))  # the n samples of a seed differ
+            seed=None if body.seed is None else body.seed + index,  # the n samples of a seed differ
+            logprobs=logprobs))
             for index, prompt in enumerate(prompts)]
         self.prompt_tokens = sum(map(len, prompts)) // n
+        self.tokenizer = state.tokenizer
         self.replies = [ReplyStream(state.tokenizer, stop, split_think, prompt) for prompt in prompts]
+        self.tokens = [[] for _ in prompts]  # each choice's tokens, up to the one that finished it
         self.finish_reasons = [None] * len(prompts)
+        self.requests = []
 
     async def events(self, client: Request | None = None):
         """(choice index, Delta, finish_reason or None) as tokens arrive. The requests start here, so a
         response that never starts streaming never runs; leaving early (a stop string, a disconnect, the
         client's stream closed) cancels them, which frees their engine slots."""
         queue, loop = asyncio.Queue(), asyncio.get_running_loop()
-        requests = []
         next_poll = time.monotonic() + DISCONNECT_POLL_S
         try:
             for index, (prompt, params) in enumerate(self.jobs):
                 # The engine calls back from its thread: hand each event over to this event loop.
-                requests.append(self.engine.submit(prompt, params, lambda token, finish, i=index:
-                                                   loop.call_soon_threadsafe(queue.put_nowait, (i, token, finish))))
+                self.requests.append(self.engine.submit(
+                    prompt, params, lambda token, finish, i=index:
+                    loop.call_soon_threadsafe(queue.put_nowait, (i, token, finish))))
             while None in self.finish_reasons:
                 if client is not None and time.monotonic() > next_poll:
                     next_poll += DISCONNECT_POLL_S
@@ -182,18 +205,36 @@ class Generation:
                 if finish == "error":
                     raise ApiError(500, "generation failed on the server", kind="server_error")
                 reply = self.replies[i]
+                self.tokens[i].append(token)
                 delta = reply.push(token)
                 if reply.stopped:
                     finish = "stop"
-                    requests[i].cancel()
+                    self.requests[i].cancel()
                 if finish:
                     delta = delta + reply.finish()
                     self.finish_reasons[i] = finish
                 if delta or finish:
                     yield i, delta, finish
         finally:
-            for request in requests:
+            for request in self.requests:
                 request.cancel()
+
+    def logprobs(self, i: int, as_ids: bool) -> dict:
+        """OpenAI's legacy `logprobs` of choice i, over the tokens it generated (eos included when it stopped).
+        A stop string ends generation at the token that completed it, so the tokens run that far: past the
+        returned text, whose cut drops the stop string. Token strings are each token's share of the text (an
+        incomplete UTF-8 character goes to the token that completes it), so they join to the uncut text;
+        `text_offset` is where each starts in it."""
+        tokens = self.tokens[i]
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        texts = [detokenizer.push(token) for token in tokens]
+        if texts:
+            texts[-1] += detokenizer.flush()
+        return {"tokens": [f"token_id:{t}" for t in tokens] if as_ids else texts,
+                # the engine may have sampled past a stop string before it saw our cancel
+                "token_logprobs": self.requests[i].logprobs[:len(tokens)],
+                "top_logprobs": None,
+                "text_offset": list(itertools.accumulate(map(len, texts), initial=0))[:-1]}
 
     @property
     def usage(self) -> dict:
@@ -210,6 +251,27 @@ def check_length(state: ServerState, prompt: list[int], max_tokens: int | None) 
         raise ApiError(400, f"This model's maximum context length is {state.max_seq_len} tokens; you asked for "
                             f"{len(prompt)} in the prompt{asked}.", param="messages", code="context_length_exceeded")
     return max_tokens or room
+
+
+def completion_prompts(state: ServerState, prompt) -> list[list[int]]:
+    """The prompts of /v1/completions as token ids: a text as bos + text (as pretraining saw documents start),
+    token ids as they are, once checked against the vocabulary."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    if not prompt:
+        raise ApiError(400, "prompt: must not be empty", param="prompt")
+    vocab, prompts = state.engine.config.vocab_size, []
+    for p in prompt:
+        if isinstance(p, str):
+            prompts.append(text_prompt_ids(state.tokenizer, p))
+            continue
+        if not p:
+            raise ApiError(400, "prompt: a list of token ids must not be empty", param="prompt")
+        bad = next((t for t in p if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})", param="prompt")
+        prompts.append(p)
+    return prompts
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,14 +359,19 @@ async def chat_completions(request: Request):
 async def completions(request: Request):
     body = await parse_body(request, CompletionRequest)
     state = state_of(request)
-    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    prompts = [text_prompt_ids(state.tokenizer, text) for text in texts]
-    gen = Generation(state, prompts, body, body.max_tokens or 16, split_think=False)  # OpenAI's default: 16
+    want_logprobs = body.logprobs is not None
+    if want_logprobs and body.logprobs > 1:
+        raise ApiError(400, f"logprobs={body.logprobs}: this server returns the sampled token's log-prob only "
+                            "(logprobs 0 or 1), not top_logprobs alternatives", param="logprobs")
+    if want_logprobs and body.stream:
+        raise ApiError(400, "logprobs: not available with stream: true", param="logprobs")
+    gen = Generation(state, completion_prompts(state, body.prompt), body, body.max_tokens or 16,  # OpenAI's: 16
+                     split_think=False, logprobs=want_logprobs)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": state.model_name, "system_fingerprint": None}
 
-    def choice(i, text, finish):
-        return {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+    def choice(i, text, finish, logprobs=None):
+        return {"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -313,7 +380,9 @@ async def completions(request: Request):
             media_type="text/event-stream")
     async for _ in gen.events(client=request):
         pass
-    choices = [choice(i, reply.content, gen.finish_reasons[i]) for i, reply in enumerate(gen.replies)]
+    as_ids = bool(body.return_tokens_as_token_ids)
+    choices = [choice(i, reply.content, gen.finish_reasons[i], gen.logprobs(i, as_ids) if want_logprobs else None)
+               for i, reply in enumerate(gen.replies)]
     return {**head, "choices": choices, "usage": gen.usage}
 
 
@@ -321,6 +390,28 @@ async def completions(request: Request):
 async def models(request: Request):
     name = state_of(request).model_name
     return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "minimind"}]}
+
+
+# The server root, as SGLang has it: not under /v1, but behind the same key.
+admin = APIRouter(dependencies=[Depends(require_key)])
+
+
+@admin.post("/update_weights_from_disk")
+async def update_weights_from_disk(request: Request):
+    """Load a weights file of this project (a state dict: .pth or .safetensors) into the served model, checked
+    first: a file that does not fit leaves the model unchanged."""
+    body = await parse_body(request, WeightsRequest)
+    engine = state_of(request).engine
+
+    def load():
+        state_dict = read_state_dict(body.model_path)  # here, so decoding does not wait on the disk
+        engine.call(lambda: load_weights(engine.model, state_dict, name=body.model_path))
+
+    try:
+        await asyncio.to_thread(load)
+    except CheckpointError as e:  # one line, without the terminal colours of torch.load's messages
+        raise ApiError(400, " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()), param="model_path") from None
+    return {"success": True, "message": f"loaded {body.model_path}"}
 
 
 async def health(request: Request):
@@ -345,6 +436,7 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     app.add_exception_handler(ApiError, lambda request, exc: exc.response())
     app.add_exception_handler(HTTPException, http_error)
     app.include_router(api)
+    app.include_router(admin)
     app.add_api_route("/health", health, methods=["GET"])
     return app
 
@@ -362,7 +454,6 @@ def main():
 
     import uvicorn
 
-    from model.checkpoint import CheckpointError
     from model.chat import load_chat_model
     try:
         model, tokenizer, path = load_chat_model(args)
