@@ -19,7 +19,7 @@ from .reasoning import ThinkSplitter, held_suffix, opens_thinking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
-STAGES = ["pretrain", "full_sft", "rlhf", "reason", "grpo"]  # --model_mode 0..4
+STAGES = ["pretrain", "full_sft", "rlhf", "reason", "grpo", "ppo_actor"]  # --model_mode 0..5
 LORA_DIR = "lora"  # LoRA weights live in out/lora/lora_<name>_<hidden>[_moe].pth
 
 
@@ -31,7 +31,8 @@ def add_model_args(parser):
     """Flags that pick the model, with the same names in every script that talks to one."""
     g = parser.add_argument_group("model")
     g.add_argument("--model_mode", type=int, default=1, choices=range(len(STAGES)),
-                   help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo: picks out/<stage>_<hidden>.pth")
+                   help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor: picks "
+                        "out/<stage>_<hidden>.pth")
     g.add_argument("--out_dir", default="out", help="where the .pth checkpoints are")
     g.add_argument("--hidden_size", type=int, default=None,
                    help="size flags: default from the checkpoint's meta (the file name needs hidden_size: 512)")

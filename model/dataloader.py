@@ -38,10 +38,12 @@ def trim_padding(samples: list[dict]) -> dict:
 
 def make_loader(dataset, batch_size: int, seed: int, epoch: int, skip: int, run, num_workers: int = 0,
                 shuffle: bool = True):
-    """A DataLoader over this rank's batches of `epoch`, starting after the first `skip` of them."""
+    """A DataLoader over this rank's batches of `epoch`, starting after the first `skip` of them, collated
+    by the dataset's own `collate` when it has one (RL prompts), else stacked with padding trimmed."""
     batches = batch_order(len(dataset), batch_size, seed, epoch, run.rank, run.world_size, shuffle)[skip:]
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                       collate_fn=trim_padding, pin_memory=run.device.type == "cuda")
+                                       collate_fn=getattr(dataset, "collate", trim_padding),
+                                       pin_memory=run.device.type == "cuda")
 
 
 def train_batches(dataset, args, run, progress):

@@ -428,7 +428,7 @@ class ReasonDataset(SFTDataset):
 class RLPromptDataset(_ChatDataset):
     """{"conversations": [..., {"role": "user"}, optional empty assistant], "answer": optional}
     → prompt (text with the generation prompt), prompt_ids (unpadded), answer ("" when absent).
-    Use `collate` as the DataLoader's collate_fn: it left-pads prompts for generation."""
+    The training loader batches them with `collate`, as lists."""
 
     def __init__(self, path, tokenizer, max_prompt_len=512, max_samples=None, skip_bad=False, cache_index=True):
         super().__init__(path, tokenizer, max_prompt_len, max_samples, skip_bad, cache_index)
@@ -450,16 +450,23 @@ class RLPromptDataset(_ChatDataset):
             raise DataError(f"field 'answer' must be a string or number, got {type(answer).__name__}")
         return {"prompt": prompt, "prompt_ids": torch.tensor(ids), "answer": str(answer)}
 
+    def check_answers(self):
+        """Raise DataError naming the first line without a target answer (the accuracy reward needs one on
+        every row): a scan of the raw rows, no tokenizing, so a run fails before it trains or writes anything."""
+        for k in range(len(self)):
+            lineno, raw = self.index.line(k)
+            try:
+                answer = parse_row(raw).get("answer")
+            except DataError:
+                continue  # a malformed line is reported (or skipped) when it is read
+            if answer is None or str(answer).strip() == "":
+                raise DataError(f"{self.path}:{lineno}: no 'answer' (the accuracy reward needs a target on every row)")
+
     def collate(self, batch):
-        """Left-pad to the longest prompt, so generation continues every row at the same position."""
-        width = max(len(s["prompt_ids"]) for s in batch)
-        input_ids = torch.full((len(batch), width), self.pad)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, s in enumerate(batch):
-            input_ids[row, width - len(s["prompt_ids"]):] = s["prompt_ids"]
-            attention_mask[row, width - len(s["prompt_ids"]):] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "prompts": [s["prompt"] for s in batch], "answers": [s["answer"] for s in batch]}
+        """A batch as lists: the prompts' token ids (unpadded: the rollout engine takes each as it is), their
+        texts and target answers."""
+        return {"prompt_ids": [s["prompt_ids"].tolist() for s in batch], "prompts": [s["prompt"] for s in batch],
+                "answers": [s["answer"] for s in batch]}
 
 
 # --- packing short chats into full windows ------------------------------------------------

@@ -34,3 +34,16 @@ def sequence_logprobs(logp: torch.Tensor, mask: torch.Tensor, mode: str = "sum")
     if mode == "mean":
         return total / mask.sum(dim=-1).clamp(min=1)
     raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+
+
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Mean entropy (nats) of the next-token distributions at the masked positions, `mask` aligned like
+    `token_logprobs`' (batch, seq - 1). A diagnostic (a policy whose entropy collapses has stopped exploring)
+    on detached logits, PPO's entropy bonus on live ones. A chunk of positions at a time: no second
+    (positions, vocab) tensor of the whole batch at once when there is no graph to keep."""
+    picked = logits[:, :-1][mask]
+    total = picked.new_zeros((), dtype=torch.float32)
+    for part in picked.split(chunk):
+        logp = part.float().log_softmax(dim=-1)
+        total += -(logp.exp() * logp).sum()
+    return total / max(len(picked), 1)

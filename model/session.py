@@ -140,13 +140,15 @@ class Session:
     """
 
     def __init__(self, args, run: Run, model, train_data, stage: str, tokenizer=None, val_data=None,
-                 evaluate_fn=None, weights_path: str | None = None, save_fn=save_weights):
+                 evaluate_fn=None, weights_path: str | None = None, save_fn=save_weights, steps_per_batch: int = 1):
         self.args, self.run, self.train_data, self.stage = args, run, train_data, stage
         self.stepper = Stepper(model, args, run)
         self.model = self.stepper.model  # wrapped by torch.compile / DDP / DeepSpeed when asked: call this one
         self.checkpoints = Checkpointer(args, run, model, self.stepper, stage, weights_path, save_fn)
         self.progress = self.checkpoints.restore() if args.resume else Progress()
-        self.total_steps = args.max_steps or args.epochs * steps_per_epoch(train_data, args, run)
+        # RL may take several optimizer steps on one rollout (at most steps_per_batch), and saves only after
+        # the last of them (`step(batch_done=True)`), so a resume never replays part of a batch.
+        self.total_steps = args.max_steps or args.epochs * steps_per_epoch(train_data, args, run) * steps_per_batch
         if self.total_steps <= 0:
             sys.exit(f"{stage}: {len(train_data)} samples make no full step at batch {args.batch_size} x "
                      f"{args.accumulation_steps} accumulation x {run.world_size} processes")
@@ -161,6 +163,7 @@ class Session:
         self.stop = StopRequested()
         self.stopping = False  # the stop request as all ranks agreed on it at the last optimizer step
         self.saved_step = self.progress.step if args.resume else None
+        self.save_due = False  # a save interval came round in the middle of a batch's steps
         run.print(f"data: {len(train_data):,} samples, {self.total_steps} optimizer steps of "
                   f"{args.batch_size} x {args.accumulation_steps} x {run.world_size} sequences")
         model.train()
@@ -175,8 +178,9 @@ class Session:
             if self.progress.step >= self.total_steps or self.stopping:
                 return
 
-    def backward(self, loss: torch.Tensor):
-        """Backpropagate one micro-batch's loss."""
+    def backward(self, loss: torch.Tensor, tokens: int | None = None):
+        """Backpropagate one micro-batch's loss; `tokens`: the positions it computed (default: the batch's
+        input ids; RL passes its prompt + completion rows)."""
         try:
             self.stepper.backward(loss)
         except NonFiniteLoss as e:
@@ -184,15 +188,16 @@ class Session:
             saved = (f"{self.checkpoints.weights_path} holds step {self.saved_step}" if self.saved_step is not None
                      else "nothing was saved yet")
             sys.exit(f"{self.stage}: {e} ({saved})")
-        self.progress.tokens += self.batch_tokens * self.run.world_size  # positions computed, all ranks
+        self.progress.tokens += (tokens or self.batch_tokens) * self.run.world_size  # positions computed, all ranks
 
     @property
     def ready(self) -> bool:
         return self.stepper.ready
 
-    def step(self, loss: torch.Tensor, **metrics):
+    def step(self, loss: torch.Tensor, batch_done: bool = True, **metrics):
         """Optimizer step at the scheduled LR, then log (`loss` and `metrics` of the last micro-batch),
-        evaluate and save when their intervals come round, or when Ctrl-C asked to stop."""
+        evaluate and save when their intervals come round, or when Ctrl-C asked to stop. `batch_done=False`
+        (RL, between the optimizer steps it takes on one rollout) holds a due save back to the batch's end."""
         args, progress = self.args, self.progress
         lr = cosine_lr(progress.step, self.total_steps, args.learning_rate, args.warmup_iters, args.min_lr_ratio)
         grad_norm = self.stepper.step(lr)
@@ -204,7 +209,8 @@ class Session:
             self.evaluate()
         # Ctrl-C reaches each process on its own: all must stop (and save, a collective) at the same step.
         self.stopping = self.run.mean(float(self.stop.requested)) > 0 if self.run.ddp else self.stop.requested
-        if progress.step % args.save_interval == 0 or self.stopping:
+        self.save_due = self.save_due or progress.step % args.save_interval == 0 or self.stopping
+        if self.save_due and batch_done:
             self.save()
 
     def evaluate(self):
@@ -218,6 +224,7 @@ class Session:
         self.logger.eval(self.progress, results)
 
     def save(self):
+        self.save_due = False
         self.progress.elapsed = self.logger.elapsed()
         self.checkpoints.save(self.progress)
         self.saved_step = self.progress.step

@@ -180,9 +180,7 @@ def test_rl_prompts(tok, tmp_path):
     published = {"conversations": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "None"}]}
     assert RLPromptDataset(write_jsonl(tmp_path / "rlaif.jsonl", [published]), tok, 64)[0]["prompt"] == first["prompt"]
     batch = ds.collate([ds[0], ds[1]])
-    lengths = [len(ds[0]["prompt_ids"]), len(ds[1]["prompt_ids"])]
-    assert batch["input_ids"].shape == (2, max(lengths)) and batch["attention_mask"].sum(1).tolist() == lengths
-    assert batch["input_ids"][0, -1] == batch["input_ids"][1, -1]  # left-padded: all rows end at the header
+    assert batch["prompt_ids"] == [ds[0]["prompt_ids"].tolist(), ds[1]["prompt_ids"].tolist()]
     assert batch["answers"] == ["5", ""]
 
 

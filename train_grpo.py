@@ -1,0 +1,128 @@
+"""Reinforcement learning from verifiable rewards with GRPO or CISPO: the model samples several replies to
+each prompt, rule rewards score them (format, accuracy, length, repetition; optionally a reward model), and
+the replies that beat their group's average become more likely.
+
+    python train_grpo.py                                    # out/reason_512.pth + the demo's RL prompts
+    python train_grpo.py --data_path dataset/rlaif.jsonl --from_weight full_sft --accuracy_weight 0
+    python train_grpo.py --loss_type grpo --beta 0.02 --num_iterations 2 --dynamic_sampling
+    python train_grpo.py --rollout_server http://127.0.0.1:8998/v1      # sample on a serving engine
+
+Reads minimind's RL jsonl, {"conversations": [..., {"role": "user", ...}, optional empty assistant],
+"answer": target} (the target is needed only by the accuracy reward); writes out/grpo_<hidden>[_moe].pth.
+
+One optimizer step, for each of --batch_size prompts per process:
+1. Rollout: --num_generations (G) replies, sampled at --temperature / --top_p by model/rollout.py (in-process
+   through the serving engine, or on --rollout_server), with each token's log-prob when sampled.
+2. Rewards (model/rewards.py), and each reply's advantage against its own group (model/rl.py): no critic.
+3. --num_iterations optimizer steps on the rollout, each with the GRPO or CISPO loss (--loss_type) against
+   the sampling log-probs (the old policy), plus --beta x KL to a frozen copy of the starting model (k3
+   estimator; at --beta 0 no copy is made). With one iteration the ratio is 1 and both losses reduce to the
+   policy gradient; the clipping matters from the second pass on, and for a server's slightly different
+   numbers.
+A group whose replies all score alike has advantage 0 and teaches nothing; the log's zero_var says how many
+there are (watch it: a model that solves everything, or nothing, cannot learn from rewards), and
+--dynamic_sampling drops them from the loss (DAPO), so they no longer dilute the token average.
+
+Learning rate: minimind's RL runs use ~1e-6...8e-8 on real data (default 1e-6). The demo's tiny model,
+which starts far from good, uses a larger one (see run_demo.py).
+"""
+import argparse
+import copy
+import time
+
+import torch
+
+from demo import data_paths
+from model.checkpoint import build_model, load_tokenizer
+from model.losses import token_entropy, token_logprobs
+from model.rewards import add_reward_args, rewards_from_args
+from model.rl import group_advantages, policy_loss
+from model.rollout import add_rollout_args, evaluate_prompts, load_rl_data, make_rollout, score_rollout
+from model.runtime import add_common_args, setup_run
+from model.session import Session
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, learning_rate=1e-6, from_weight="reason", save_weight="grpo", batch_size=4,
+                    max_seq_len=512, log_interval=1, save_interval=100)
+    add_rollout_args(parser, num_generations=8)
+    g = parser.add_argument_group("grpo")
+    g.add_argument("--loss_type", default="cispo", choices=["grpo", "cispo"],
+                   help="grpo: PPO-clipped ratio; cispo: clipped, detached importance weight times log-prob")
+    g.add_argument("--scale_rewards", default="group", choices=["group", "none"],
+                   help="divide advantages by the group's std (GRPO) or not (Dr. GRPO)")
+    g.add_argument("--loss_agg", default="token", choices=["token", "sequence"],
+                   help="average over all reply tokens (DAPO) or per reply first (original GRPO)")
+    g.add_argument("--beta", type=float, default=0.0, help="KL penalty to the starting model (0: no reference)")
+    g.add_argument("--epsilon", type=float, default=0.2, help="grpo: clip the ratio to [1 - eps, 1 + eps_high]")
+    g.add_argument("--epsilon_high", type=float, default=None, help="grpo: upper clip (default: --epsilon)")
+    g.add_argument("--cispo_clip", type=float, default=5.0, help="cispo: largest importance weight applied")
+    g.add_argument("--num_iterations", type=int, default=1, help="optimizer steps on each rollout")
+    g.add_argument("--dynamic_sampling", action="store_true",
+                   help="drop groups whose replies all got the same reward from the loss (DAPO)")
+    add_reward_args(parser)
+    args = parser.parse_args()
+    if args.num_generations < 2:
+        parser.error(f"--num_generations {args.num_generations}: a group needs at least 2 replies to compare")
+    if args.num_iterations > 1 and (args.accumulation_steps > 1 or args.max_steps % args.num_iterations):
+        parser.error("--num_iterations > 1 needs --accumulation_steps 1 and --max_steps a multiple of it")
+    run = setup_run(args)
+
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    train_data, val_data = load_rl_data(*data_paths(args.data_path, args.val_path, "rl_prompts"), tokenizer,
+                                        args.max_seq_len, need_answers=bool(args.accuracy_weight))
+    rewards = rewards_from_args(args, args.max_new_tokens, device=run.device)
+    model = build_model(args, run, tokenizer)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if args.beta else None  # before any resume
+    evaluate_fn = (lambda m: evaluate_prompts(m, val_data, tokenizer, rewards, run, args.max_new_tokens,
+                                              args.eval_samples)) if val_data else None
+    session = Session(args, run, model, train_data, args.save_weight, tokenizer, evaluate_fn=evaluate_fn,
+                      steps_per_batch=args.num_iterations)
+    rollout_engine = make_rollout(args, model, tokenizer, run.rank,
+                                  session.checkpoints.weights_path.replace(".pth", "_rollout.pth"))
+    G = args.num_generations
+
+    if val_data and not args.resume:
+        session.evaluate()  # the starting point, logged as step 0
+    for batch in session.batches():
+        start = time.time()
+        with run.autocast():
+            rollout = rollout_engine(batch["prompt_ids"], G, step=session.progress.step)
+        rollout_seconds = time.time() - start
+        rewards_t, components, _ = score_rollout(rollout, tokenizer, rewards, batch["prompts"], batch["answers"], G)
+        advantages, zero_var = group_advantages(rewards_t, G, args.scale_rewards)
+        inputs = rollout.batch(tokenizer.pad_token_id, run.device)
+        keep = (~zero_var).repeat_interleave(G).to(run.device) if args.dynamic_sampling else None
+        with torch.no_grad(), run.autocast():
+            ref_logp = token_logprobs(reference(inputs["input_ids"]).logits / max(args.temperature, 1e-5),
+                                      inputs["labels"])[0] if reference is not None else None
+        stats = {"reward": rewards_t.mean().item(), **{f"r_{k}": v.mean().item() for k, v in components.items()},
+                 "zero_var": zero_var.float().mean().item(), "len": rollout.tokens() / len(rollout),
+                 "trunc": 1 - sum(rollout.finished) / len(rollout)}
+        if "accuracy" in components:
+            stats["pass_at_g"] = (components["accuracy"].view(-1, G).max(dim=1).values > 0).float().mean().item()
+        for iteration in range(args.num_iterations):
+            start = time.time()
+            with run.autocast():
+                out = session.model(inputs["input_ids"])
+                logits = out.logits / max(args.temperature, 1e-5)
+                logp, mask = token_logprobs(logits, inputs["labels"])
+                if keep is not None:
+                    mask = mask & keep[:, None]
+                loss, metrics = policy_loss(logp, inputs["old_logprobs"], advantages.to(run.device), mask,
+                                            args.loss_type, args.epsilon, args.epsilon_high, args.cispo_clip,
+                                            ref_logp, args.beta, args.loss_agg)
+            session.backward(loss + out.aux_loss, tokens=inputs["input_ids"].numel())
+            if session.ready:
+                train_seconds = time.time() - start
+                entropy = token_entropy(logits.detach(), mask).item()
+                session.step(loss, batch_done=iteration == args.num_iterations - 1, **stats, **metrics,
+                             entropy=entropy, rollout_tok_s=rollout.tokens() / rollout_seconds,
+                             train_tok_s=inputs["input_ids"].numel() / train_seconds)
+                rollout_engine.sync(model, run)  # a server samples the next rollout from the new weights
+    session.finish()
+
+
+if __name__ == "__main__":
+    main()
