@@ -37,7 +37,8 @@ from model.checkpoint import build_model, load_tokenizer
 from model.losses import token_entropy, token_logprobs
 from model.rewards import add_reward_args, rewards_from_args
 from model.rl import group_advantages, policy_loss
-from model.rollout import add_rollout_args, evaluate_prompts, load_rl_data, make_rollout, score_rollout
+from model.rollout import (add_rollout_args, check_rollout_args, evaluate_prompts, load_rl_data, make_rollout,
+                           score_rollout)
 from model.runtime import add_common_args, setup_run
 from model.session import Session
 
@@ -63,10 +64,9 @@ def main():
                    help="drop groups whose replies all got the same reward from the loss (DAPO)")
     add_reward_args(parser)
     args = parser.parse_args()
-    if args.num_generations < 2:
-        parser.error(f"--num_generations {args.num_generations}: a group needs at least 2 replies to compare")
-    if args.num_iterations > 1 and (args.accumulation_steps > 1 or args.max_steps % args.num_iterations):
-        parser.error("--num_iterations > 1 needs --accumulation_steps 1 and --max_steps a multiple of it")
+    check_rollout_args(parser, args, min_generations=2)
+    if args.num_iterations > 1 and args.accumulation_steps > 1:
+        parser.error("--num_iterations > 1 needs --accumulation_steps 1")
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
@@ -95,7 +95,7 @@ def main():
         inputs = rollout.batch(tokenizer.pad_token_id, run.device)
         keep = (~zero_var).repeat_interleave(G).to(run.device) if args.dynamic_sampling else None
         with torch.no_grad(), run.autocast():
-            ref_logp = token_logprobs(reference(inputs["input_ids"]).logits / max(args.temperature, 1e-5),
+            ref_logp = token_logprobs(reference(inputs["input_ids"]).logits / args.temperature,
                                       inputs["labels"])[0] if reference is not None else None
         stats = {"reward": rewards_t.mean().item(), **{f"r_{k}": v.mean().item() for k, v in components.items()},
                  "zero_var": zero_var.float().mean().item(), "len": rollout.tokens() / len(rollout),
@@ -106,7 +106,7 @@ def main():
             start = time.time()
             with run.autocast():
                 out = session.model(inputs["input_ids"])
-                logits = out.logits / max(args.temperature, 1e-5)
+                logits = out.logits / args.temperature
                 logp, mask = token_logprobs(logits, inputs["labels"])
                 if keep is not None:
                     mask = mask & keep[:, None]
@@ -117,10 +117,13 @@ def main():
             if session.ready:
                 train_seconds = time.time() - start
                 entropy = token_entropy(logits.detach(), mask).item()
-                session.step(loss, batch_done=iteration == args.num_iterations - 1, **stats, **metrics,
-                             entropy=entropy, rollout_tok_s=rollout.tokens() / rollout_seconds,
+                last_pass = iteration == args.num_iterations - 1 or session.progress.step + 1 >= session.total_steps
+                session.step(loss, batch_done=last_pass, **stats, **metrics, entropy=entropy,
+                             rollout_tok_s=rollout.tokens() / rollout_seconds,
                              train_tok_s=inputs["input_ids"].numel() / train_seconds)
                 rollout_engine.sync(model, run)  # a server samples the next rollout from the new weights
+                if last_pass:
+                    break
     session.finish()
 
 

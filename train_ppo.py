@@ -31,7 +31,8 @@ from model.checkpoint import atomic_torch_save, build_model, load_tokenizer, sav
 from model.losses import token_entropy, token_logprobs
 from model.rewards import add_reward_args, rewards_from_args
 from model.rl import ActorCritic, gae, masked_mean, policy_loss, value_loss, whiten
-from model.rollout import add_rollout_args, evaluate_prompts, load_rl_data, make_rollout, score_rollout
+from model.rollout import (add_rollout_args, check_rollout_args, evaluate_prompts, load_rl_data, make_rollout,
+                           score_rollout)
 from model.runtime import add_common_args, setup_run
 from model.session import Session
 
@@ -62,6 +63,7 @@ def main():
     g.add_argument("--target_kl", type=float, default=0.1, help="stop a rollout's passes beyond this (0 = never)")
     add_reward_args(parser)
     args = parser.parse_args()
+    check_rollout_args(parser, args)
     if args.ppo_epochs > 1 and args.accumulation_steps > 1:
         parser.error("--ppo_epochs > 1 needs --accumulation_steps 1")
     run = setup_run(args)
@@ -121,8 +123,9 @@ def main():
             if not session.ready:
                 continue
             approx_kl = run.mean(metrics["approx_kl"])  # every rank stops at the same pass
-            last_pass = epoch == args.ppo_epochs - 1 or (args.target_kl and approx_kl > args.target_kl)
-            session.step(policy, batch_done=bool(last_pass), **stats, **metrics, value_loss=critic.item(),
+            last_pass = (epoch == args.ppo_epochs - 1 or bool(args.target_kl and approx_kl > args.target_kl)
+                         or session.progress.step + 1 >= session.total_steps)
+            session.step(policy, batch_done=last_pass, **stats, **metrics, value_loss=critic.item(),
                          entropy=entropy.item(), epochs=epoch + 1, rollout_tok_s=rollout.tokens() / rollout_seconds,
                          train_tok_s=inputs["input_ids"].numel() / (time.time() - start))
             rollout_engine.sync(model.actor, run)  # a server samples the next rollout from the new weights

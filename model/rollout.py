@@ -175,10 +175,17 @@ def add_rollout_args(parser, num_generations: int):
     g.add_argument("--eval_samples", type=int, default=0, help="held-out prompts per evaluation (0 = all)")
 
 
+def check_rollout_args(parser, args, min_generations: int = 1):
+    """Refuse impossible rollout flags at once, before anything is loaded or written."""
+    if args.num_generations < min_generations:
+        parser.error(f"--num_generations {args.num_generations}: a group needs at least {min_generations} "
+                     "replies to compare")
+    if args.temperature <= 0:
+        parser.error(f"--temperature {args.temperature}: RL learns from sampled replies, it must be > 0")
+
+
 def make_rollout(args, model, tokenizer, rank: int, weights_path: str):
     """The rollout backend the flags ask for; `weights_path`: where a server backend's hand-over file goes."""
-    if args.temperature <= 0:
-        sys.exit("error: --temperature must be > 0: RL learns from sampled replies")
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     seed=args.seed, rank=rank)
     if args.rollout_server:

@@ -12,9 +12,10 @@ batch, so the engine runs the same attention, masking and RoPE code as `generati
 
 One scheduler step:
 1. retire  rows whose client left (or hit a stop string) go first, so no compute is spent on them;
-2. admit   while slots are free, each waiting request is prefilled alone (batch 1, no padding), its first
-           token sampled from the prefill logits, and its K/V merged into the batch: the cache is laid out
-           anew at the common length max(batch length, prompt length), everyone right-aligned;
+2. admit   while slots are free, each waiting request is prefilled alone (batch 1, no padding; the n
+           samples of one prompt share one prefill), its first token sampled from the prefill logits, and
+           the newcomers' K/V merged into the batch: the cache is laid out anew, once, at the common length
+           max(batch length, prompt lengths), everyone right-aligned;
 3. decode  one forward of the rows' pending tokens, (rows, 1); rows with equal sampling settings sample in
            one call, and a seeded request alone with its own generator, so it gets the same tokens whatever
            shares its batch; rows that produced eos or reached max_tokens leave.
@@ -98,6 +99,7 @@ class Engine:
         self.eos = {eos} if isinstance(eos, int) else set(eos)
         self.waiting = collections.deque()
         self.calls: list[tuple] = []  # (fn, Future) for the engine thread to run between steps
+        self.last_prefill = None  # (prompt ids, cache, logits) of the last prompt prefilled
         self.wakeup = threading.Condition()
         self.thread = None
         self.running = False
@@ -184,38 +186,48 @@ class Engine:
     @torch.inference_mode()
     def step(self):
         self.retire([r.cancelled for r in self.rows], "cancelled")
-        while len(self.rows) < self.max_batch_size:
+        admitted = []  # (request, its prefilled cache, its first token)
+        while len(self.rows) + len(admitted) < self.max_batch_size:
             with self.wakeup:
                 request = self.waiting.popleft() if self.waiting else None
             if request is None:
                 break
             if request.cancelled:
                 self.stats["cancelled"] += 1
-            else:
-                self.admit(request)
+            elif newcomer := self.prefill(request):
+                admitted.append(newcomer)
+        self.last_prefill = None  # held only while admitting: the n samples of a prompt arrive together
+        if admitted:  # merge them all into the batch with one new layout
+            self.layout(keep=range(len(self.rows)), newcomers=[cache for _, cache, _ in admitted])
+            self.rows += [request for request, _, _ in admitted]
+            self.tokens = torch.cat([self.tokens, self.tokens.new_tensor([token for _, _, token in admitted])])
+            self.positions = torch.cat([self.positions, self.positions.new_tensor(
+                [len(request.prompt_ids) for request, _, _ in admitted])])
         if self.rows:
             self.decode()
 
-    def admit(self, request: Request):
-        """Prefill the prompt alone, emit the first token, and merge the row into the batch."""
-        n = len(request.prompt_ids)
-        cache = KVCache(self.config, 1, n, self.device, self.dtype)
-        try:
-            ids = torch.tensor([request.prompt_ids], device=self.device)
-            logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
-        except Exception:  # e.g. out of memory on a long prompt: fail this request, not the running batch
-            traceback.print_exc()
-            request.on_event(None, "error")
-            self.stats["error"] += 1
-            return
+    def prefill(self, request: Request):
+        """Prefill the prompt alone and emit the first token; (request, cache, token) when the request goes on.
+        A prompt equal to the one just prefilled (the n samples of one prompt, an RL group) reuses its cache
+        and logits: only the draw differs."""
+        key = tuple(request.prompt_ids)
+        if self.last_prefill is None or self.last_prefill[0] != key:
+            cache = KVCache(self.config, 1, len(key), self.device, self.dtype)
+            try:
+                ids = torch.tensor([request.prompt_ids], device=self.device)
+                logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
+            except Exception:  # e.g. out of memory on a long prompt: fail this request, not the running batch
+                traceback.print_exc()
+                request.on_event(None, "error")
+                self.stats["error"] += 1
+                return None
+            self.last_prefill = (key, cache, logits)
+        _, cache, logits = self.last_prefill
         tokens, logprobs = self.sample(logits, [request])
         token = int(tokens[0])
         if self.emit(request, token, float(logprobs[0])):
-            return
-        self.layout(keep=range(len(self.rows)), newcomer=cache)
-        self.rows.append(request)
-        self.tokens = torch.cat([self.tokens, self.tokens.new_tensor([token])])
-        self.positions = torch.cat([self.positions, self.positions.new_tensor([n])])
+            return None
+        return request, cache, token
 
     def decode(self):
         """One token for every row in one forward."""
@@ -276,16 +288,16 @@ class Engine:
         self.rows = [self.rows[i] for i in keep]
         self.tokens, self.positions = self.tokens[keep], self.positions[keep]
 
-    def layout(self, keep, newcomer: KVCache | None = None):
-        """Lay the cache out anew for rows `keep` (+ a newcomer's prefilled cache, as the last row): columns
+    def layout(self, keep, newcomers: list[KVCache] = ()):
+        """Lay the cache out anew for rows `keep` (+ newcomers' prefilled caches, as the last rows): columns
         that are padding in every kept row are cut, all rows are right-aligned to the common length, and
         SPARE_COLUMNS free columns follow for the next decode steps."""
         keep = list(keep)
         old_len = self.mask.shape[1]
         start = int(self.mask[keep].any(dim=0).long().argmax()) if keep else old_len  # first column in use
         kept_len = old_len - start
-        new_len = max(kept_len, newcomer.length if newcomer else 0)
-        n_rows = len(keep) + (newcomer is not None)
+        new_len = max([kept_len] + [c.length for c in newcomers])
+        n_rows = len(keep) + len(newcomers)
         cache = KVCache(self.config, n_rows, new_len + SPARE_COLUMNS, self.device, self.dtype)
         # Padding must hold finite numbers: a masked-out score gets weight 0, but 0 * NaN garbage is NaN.
         cache.k.zero_()
@@ -295,10 +307,10 @@ class Engine:
             cache.k[:, :len(keep), :, new_len - kept_len:new_len] = self.cache.k[:, keep, :, start:old_len]
             cache.v[:, :len(keep), :, new_len - kept_len:new_len] = self.cache.v[:, keep, :, start:old_len]
             mask[:len(keep), new_len - kept_len:] = self.mask[keep, start:]
-        if newcomer:
+        for row, newcomer in enumerate(newcomers, start=len(keep)):
             n = newcomer.length
-            cache.k[:, -1:, :, new_len - n:new_len] = newcomer.k[:, :, :, :n]
-            cache.v[:, -1:, :, new_len - n:new_len] = newcomer.v[:, :, :, :n]
-            mask[-1, new_len - n:] = 1
+            cache.k[:, row:row + 1, :, new_len - n:new_len] = newcomer.k[:, :, :, :n]
+            cache.v[:, row:row + 1, :, new_len - n:new_len] = newcomer.v[:, :, :, :n]
+            mask[row, new_len - n:] = 1
         cache.length = new_len
         self.cache, self.mask = cache, mask

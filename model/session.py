@@ -1,5 +1,6 @@
 """A training session: the machinery around a stage's loop (optimizer step, LR, logging, evaluation, checkpoints
 with exact resume, Ctrl-C), so each train_*.py keeps only its data, its model and its loss."""
+import math
 import os
 import random
 import signal
@@ -148,7 +149,11 @@ class Session:
         self.progress = self.checkpoints.restore() if args.resume else Progress()
         # RL may take several optimizer steps on one rollout (at most steps_per_batch), and saves only after
         # the last of them (`step(batch_done=True)`), so a resume never replays part of a batch.
-        self.total_steps = args.max_steps or args.epochs * steps_per_epoch(train_data, args, run) * steps_per_batch
+        per_epoch = steps_per_epoch(train_data, args, run) * steps_per_batch
+        if args.max_steps and per_epoch and args.max_steps > args.epochs * per_epoch:  # --max_steps wins
+            args.epochs = math.ceil(args.max_steps / per_epoch)
+            run.print(f"--max_steps {args.max_steps}: {per_epoch} steps per epoch, so {args.epochs} epochs")
+        self.total_steps = args.max_steps or args.epochs * per_epoch
         if self.total_steps <= 0:
             sys.exit(f"{stage}: {len(train_data)} samples make no full step at batch {args.batch_size} x "
                      f"{args.accumulation_steps} accumulation x {run.world_size} processes")

@@ -21,3 +21,18 @@ def test_report_card_shows_a_dash_for_numbers_a_stage_does_not_have(tmp_path):
     assert rows["SFT"][4:8] == ["1.500", "0.750", "1.250", "25.0%"]
     assert rows["LoRA"][4:8] == ["1.500", "–", "–", "25.0%"]
     assert "nan" not in path.read_text()
+
+
+def test_report_card_shows_an_rl_stage_before_and_after(tmp_path):
+    results = {"seconds": 60.0, "steps": 40, "tokens": 1000, "tok_per_s": 500.0, "train_loss": 0.1,
+               "curve": str(tmp_path / "none.png"),
+               "rl": {"passes": {"G": 8, "prompts": 64, "none": 0.25, "all": 0.125, "mixed": 0.625, "mean": 0.3},
+                      "before": {"val_accuracy": 0.1, "val_template": 0.5, "val_reward": 0.2, "val_length": 30.0},
+                      "after": {"val_accuracy": 0.2, "val_template": 0.75, "val_reward": 0.4, "val_length": 20.0},
+                      "curve": None}}
+    args = argparse.Namespace(preset="demo", hidden_size=256, num_hidden_layers=4, device="cpu", nproc=1)
+    path = tmp_path / "report.md"
+    write_report([Stage("grpo", "train_grpo.py", [], "g.pth", results=results)], args, str(path), 60.0)
+    text = path.read_text()
+    assert "pass@8 on 64 training prompts: 62.5% of the groups mixed" in text
+    assert "| accuracy | 10.0% | 20.0% |" in text and "| template followed | 50.0% | 75.0% |" in text
