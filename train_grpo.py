@@ -33,12 +33,12 @@ import time
 import torch
 
 from demo import data_paths
-from model.checkpoint import build_model, load_tokenizer
+from model.checkpoint import build_model
 from model.losses import token_entropy, token_logprobs
-from model.rewards import add_reward_args, rewards_from_args
+from model.rewards import add_reward_args
 from model.rl import group_advantages, policy_loss
-from model.rollout import (add_rollout_args, check_rollout_args, evaluate_prompts, load_rl_data, make_rollout,
-                           score_rollout)
+from model.rollout import (add_rollout_args, check_rollout_args, evaluate_prompts, make_rollout,
+                           prepare_rl, sample_and_score)
 from model.runtime import add_common_args, setup_run
 from model.session import Session
 
@@ -69,10 +69,8 @@ def main():
         parser.error("--num_iterations > 1 needs --accumulation_steps 1")
     run = setup_run(args)
 
-    tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data, val_data = load_rl_data(*data_paths(args.data_path, args.val_path, "rl_prompts"), tokenizer,
-                                        args.max_seq_len, need_answers=bool(args.accuracy_weight))
-    rewards = rewards_from_args(args, args.max_new_tokens, device=run.device)
+    train_path, val_path = data_paths(args.data_path, args.val_path, "rl_prompts")
+    tokenizer, train_data, val_data, rewards = prepare_rl(args, run, train_path, val_path)
     model = build_model(args, run, tokenizer)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if args.beta else None  # before any resume
     evaluate_fn = (lambda m: evaluate_prompts(m, val_data, tokenizer, rewards, run, args.max_new_tokens,
@@ -86,22 +84,14 @@ def main():
     if val_data and not args.resume:
         session.evaluate()  # the starting point, logged as step 0
     for batch in session.batches():
-        start = time.time()
-        with run.autocast():
-            rollout = rollout_engine(batch["prompt_ids"], G, step=session.progress.step)
-        rollout_seconds = time.time() - start
-        rewards_t, components, _ = score_rollout(rollout, tokenizer, rewards, batch["prompts"], batch["answers"], G)
-        advantages, zero_var = group_advantages(rewards_t, G, args.scale_rewards)
-        inputs = rollout.batch(tokenizer.pad_token_id, run.device)
+        scored = sample_and_score(rollout_engine, batch, G, session.progress.step, tokenizer, rewards, run)
+        advantages, zero_var = group_advantages(scored.rewards, G, args.scale_rewards)
+        inputs = scored.rollout.batch(tokenizer.pad_token_id, run.device)
         keep = (~zero_var).repeat_interleave(G).to(run.device) if args.dynamic_sampling else None
         with torch.no_grad(), run.autocast():
             ref_logp = token_logprobs(reference(inputs["input_ids"]).logits / args.temperature,
                                       inputs["labels"])[0] if reference is not None else None
-        stats = {"reward": rewards_t.mean().item(), **{f"r_{k}": v.mean().item() for k, v in components.items()},
-                 "zero_var": zero_var.float().mean().item(), "len": rollout.tokens() / len(rollout),
-                 "trunc": 1 - sum(rollout.finished) / len(rollout)}
-        if "accuracy" in components:
-            stats["pass_at_g"] = (components["accuracy"].view(-1, G).max(dim=1).values > 0).float().mean().item()
+        stats = {**scored.stats(), "zero_var": zero_var.float().mean().item()}
         for iteration in range(args.num_iterations):
             start = time.time()
             with run.autocast():
@@ -119,7 +109,6 @@ def main():
                 entropy = token_entropy(logits.detach(), mask).item()
                 last_pass = iteration == args.num_iterations - 1 or session.progress.step + 1 >= session.total_steps
                 session.step(loss, batch_done=last_pass, **stats, **metrics, entropy=entropy,
-                             rollout_tok_s=rollout.tokens() / rollout_seconds,
                              train_tok_s=inputs["input_ids"].numel() / train_seconds)
                 rollout_engine.sync(model, run)  # a server samples the next rollout from the new weights
                 if last_pass:

@@ -27,12 +27,12 @@ import time
 import torch
 
 from demo import data_paths
-from model.checkpoint import atomic_torch_save, build_model, load_tokenizer, save_weights
+from model.checkpoint import atomic_torch_save, build_model, checkpoint_path, save_weights
 from model.losses import token_entropy, token_logprobs
-from model.rewards import add_reward_args, rewards_from_args
+from model.rewards import add_reward_args
 from model.rl import ActorCritic, gae, masked_mean, policy_loss, value_loss, whiten
-from model.rollout import (add_rollout_args, check_rollout_args, evaluate_prompts, load_rl_data, make_rollout,
-                           score_rollout)
+from model.rollout import (add_rollout_args, check_rollout_args, evaluate_prompts, make_rollout,
+                           prepare_rl, sample_and_score)
 from model.runtime import add_common_args, setup_run
 from model.session import Session
 
@@ -68,16 +68,14 @@ def main():
         parser.error("--ppo_epochs > 1 needs --accumulation_steps 1")
     run = setup_run(args)
 
-    tokenizer = load_tokenizer(args.tokenizer_path)
-    train_data, val_data = load_rl_data(*data_paths(args.data_path, args.val_path, "rl_prompts"), tokenizer,
-                                        args.max_seq_len, need_answers=bool(args.accuracy_weight))
-    rewards = rewards_from_args(args, args.max_new_tokens, device=run.device)
+    train_path, val_path = data_paths(args.data_path, args.val_path, "rl_prompts")
+    tokenizer, train_data, val_data, rewards = prepare_rl(args, run, train_path, val_path)
     actor = build_model(args, run, tokenizer)
     reference = copy.deepcopy(actor).eval().requires_grad_(False) if args.beta else None
     model = ActorCritic(actor, shared=args.shared_critic).to(run.device)
     evaluate_fn = (lambda m: evaluate_prompts(m.actor, val_data, tokenizer, rewards, run, args.max_new_tokens,
                                               args.eval_samples)) if val_data else None
-    critic_path = f"{args.out_dir}/ppo_critic_{actor.config.hidden_size}{'_moe' if actor.config.use_moe else ''}.pth"
+    critic_path = checkpoint_path(args.out_dir, "ppo_critic", actor.config.hidden_size, actor.config.use_moe)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, evaluate_fn=evaluate_fn,
                       steps_per_batch=args.ppo_epochs, save_fn=save_actor_and_critic(critic_path))
     rollout_engine = make_rollout(args, actor, tokenizer, run.rank,
@@ -87,28 +85,22 @@ def main():
     if val_data and not args.resume:
         session.evaluate()  # the starting point, logged as step 0
     for batch in session.batches():
-        start = time.time()
-        with run.autocast():
-            rollout = rollout_engine(batch["prompt_ids"], args.num_generations, step=session.progress.step)
-        rollout_seconds = time.time() - start
-        rewards_t, components, _ = score_rollout(rollout, tokenizer, rewards, batch["prompts"], batch["answers"],
-                                                 args.num_generations)
-        inputs = rollout.batch(tokenizer.pad_token_id, run.device)
+        scored = sample_and_score(rollout_engine, batch, args.num_generations, session.progress.step, tokenizer,
+                                  rewards, run)
+        inputs = scored.rollout.batch(tokenizer.pad_token_id, run.device)
         old_logp, mask = inputs["old_logprobs"], inputs["mask"]
         with torch.no_grad(), run.autocast():
             old_values = session.model(inputs["input_ids"])[1][:, :-1] * mask
             token_rewards = torch.zeros_like(old_values)
             last = (mask.long() * torch.arange(mask.shape[1], device=mask.device)).argmax(dim=1)
-            token_rewards[torch.arange(len(last)), last] = rewards_t.to(run.device)
+            token_rewards[torch.arange(len(last)), last] = scored.rewards.to(run.device)
             kl = torch.zeros_like(old_values)
             if reference is not None:
                 ref_logp = token_logprobs(reference(inputs["input_ids"]).logits / temperature, inputs["labels"])[0]
                 kl = (old_logp - ref_logp) * mask
             advantages, returns = gae(token_rewards - args.beta * kl, old_values, mask, args.gamma, args.lam)
             advantages = whiten(advantages, mask)
-        stats = {"reward": rewards_t.mean().item(), **{f"r_{k}": v.mean().item() for k, v in components.items()},
-                 "kl_ref": masked_mean(kl, mask).item(), "len": rollout.tokens() / len(rollout),
-                 "trunc": 1 - sum(rollout.finished) / len(rollout)}
+        stats = {**scored.stats(), "kl_ref": masked_mean(kl, mask).item()}
         for epoch in range(args.ppo_epochs):
             start = time.time()
             with run.autocast():
@@ -126,7 +118,7 @@ def main():
             last_pass = (epoch == args.ppo_epochs - 1 or bool(args.target_kl and approx_kl > args.target_kl)
                          or session.progress.step + 1 >= session.total_steps)
             session.step(policy, batch_done=last_pass, **stats, **metrics, value_loss=critic.item(),
-                         entropy=entropy.item(), epochs=epoch + 1, rollout_tok_s=rollout.tokens() / rollout_seconds,
+                         entropy=entropy.item(), epochs=epoch + 1,
                          train_tok_s=inputs["input_ids"].numel() / (time.time() - start))
             rollout_engine.sync(model.actor, run)  # a server samples the next rollout from the new weights
             if last_pass:

@@ -18,13 +18,15 @@ Two backends behind one call, `rollout(prompts, group_size, step) -> Rollout`:
 """
 import hashlib
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import atomic_torch_save, unwrap
+from .checkpoint import atomic_torch_save, load_tokenizer, unwrap
 from .dataset import IGNORE, DataError, RLPromptDataset
 from .reasoning import follows_template
+from .rewards import rewards_from_args
 from .serving import Engine, SamplingParams
 
 
@@ -194,18 +196,19 @@ def make_rollout(args, model, tokenizer, rank: int, weights_path: str):
     return TorchRollout(model, tokenizer.eos_token_id, **settings)
 
 
-def load_rl_data(train_path: str, val_path: str | None, tokenizer, max_prompt_len: int, need_answers: bool):
-    """(train, held-out or None) prompt datasets. With `need_answers` (the accuracy reward is on) every row
-    must have a target: checked on the raw rows before anything trains or is written."""
-    train = RLPromptDataset(train_path, tokenizer, max_prompt_len)
-    val = RLPromptDataset(val_path, tokenizer, max_prompt_len) if val_path else None
-    if need_answers:
+def prepare_rl(args, run, train_path: str, val_path: str | None):
+    """(tokenizer, train prompts, held-out prompts or None, rewards) for an RL stage. With the accuracy reward
+    on, every row must have a target: checked on the raw rows before anything trains or is written."""
+    tokenizer = load_tokenizer(args.tokenizer_path)
+    train = RLPromptDataset(train_path, tokenizer, args.max_seq_len)
+    val = RLPromptDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
+    if args.accuracy_weight:
         for data in filter(None, (train, val)):
             try:
                 data.check_answers()
             except DataError as e:
                 sys.exit(f"error: {e}; give targets or set --accuracy_weight 0")
-    return train, val
+    return tokenizer, train, val, rewards_from_args(args, args.max_new_tokens, device=run.device)
 
 
 def score_rollout(rollout: Rollout, tokenizer, rewards, prompts: list[str], answers: list[str], group_size: int):
@@ -214,6 +217,37 @@ def score_rollout(rollout: Rollout, tokenizer, rewards, prompts: list[str], answ
     repeat = lambda xs: [x for x in xs for _ in range(group_size)]  # noqa: E731
     totals, components = rewards(repeat(prompts), texts, rollout.completion_ids, repeat(answers))
     return torch.tensor(totals), {k: torch.tensor(v) for k, v in components.items()}, texts
+
+
+@dataclass
+class Scored:
+    """One RL step's rollout with its rewards, and the numbers its log line reports about them."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # (N,) the weighted total per reply
+    components: dict  # {component: (N,)}
+    group_size: int
+    seconds: float  # the rollout's wall time
+
+    def stats(self) -> dict:
+        n, tokens = len(self.rollout), self.rollout.tokens()
+        stats = {"reward": self.rewards.mean().item(),
+                 **{f"r_{k}": v.mean().item() for k, v in self.components.items()},
+                 "len": tokens / n, "trunc": 1 - sum(self.rollout.finished) / n, "rollout_tok_s": tokens / self.seconds}
+        if "accuracy" in self.components:  # groups with at least one right reply
+            right = self.components["accuracy"].view(-1, self.group_size).max(dim=1).values > 0
+            stats["pass_at_g"] = right.float().mean().item()
+        return stats
+
+
+def sample_and_score(engine, batch: dict, group_size: int, step: int, tokenizer, rewards, run) -> Scored:
+    """Sample `group_size` replies to each prompt of the batch and score them."""
+    start = time.time()
+    with run.autocast():
+        rollout = engine(batch["prompt_ids"], group_size, step=step)
+    seconds = time.time() - start
+    totals, components, _ = score_rollout(rollout, tokenizer, rewards, batch["prompts"], batch["answers"], group_size)
+    return Scored(rollout, totals, components, group_size, seconds)
 
 
 def evaluate_prompts(model, dataset, tokenizer, rewards, run, max_new_tokens: int, limit: int = 0) -> dict:

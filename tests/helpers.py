@@ -1,5 +1,6 @@
 """Shared test helpers: tiny models, a scripted model with a known reply, checkpoints in a temp dir, a tiny
 corpus and the losses a training run logged."""
+import copy
 import csv
 import json
 import os
@@ -77,3 +78,13 @@ def losses(out_dir, name="pretrain_32"):
     """{step: loss} from the run's CSV; a step logged twice (re-run after a resume) keeps its last value."""
     with open(os.path.join(out_dir, f"{name}_log.csv")) as f:
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r.get("loss")}
+
+
+def perturbed(model, std=0.1, seed=1):
+    """A copy with noise on every weight: a policy that has moved away from its reference (or an old policy)."""
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * std)
+    return other

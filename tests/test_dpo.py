@@ -15,7 +15,7 @@ from model.checkpoint import load_model
 from model.dataset import DPODataset
 from model.losses import IGNORE, sequence_logprobs, token_logprobs
 from model.checkpoint import load_tokenizer
-from tests.helpers import save_checkpoint
+from tests.helpers import perturbed, save_checkpoint
 from tests.test_lora import TINY_RUN, run_script, tiny_model
 from train_dpo import dpo_loss, preference_logps
 
@@ -27,15 +27,6 @@ TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
 def tokenizer():
     return load_tokenizer(TOKENIZER)
 
-
-def perturbed(model, std=0.1, seed=1):
-    """A copy with noise on every weight: a 'policy' that has moved away from its reference."""
-    other = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * std)
-    return other
 
 
 def chat(user, reply):

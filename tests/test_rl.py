@@ -13,7 +13,6 @@ rollout (model/rollout.py), each checked against something written apart from it
 """
 import collections
 import contextlib
-import copy
 import math
 import types
 
@@ -24,7 +23,7 @@ from model.chat import chat_prompt_ids
 from model.losses import IGNORE, token_entropy, token_logprobs
 from model.rl import ActorCritic, gae, group_advantages, masked_mean, policy_loss, value_loss, whiten
 from model.rollout import Rollout, TorchRollout
-from tests.helpers import THINKING_REPLY, scripted_model, tiny_model, tokenizer
+from tests.helpers import THINKING_REPLY, perturbed, scripted_model, tiny_model, tokenizer
 
 EOS = tokenizer().eos_token_id
 PAD = tokenizer().pad_token_id
@@ -260,15 +259,6 @@ def test_whiten_gives_mean_0_and_std_1_over_the_masked_tokens():
 # ----------------------------------------------------------------------------------------------------------
 # 2. Parity with trl's GRPOTrainer
 
-
-def perturbed(model, std, seed):
-    """A copy with noise on every weight (the old policy, the reference: near the policy, not equal)."""
-    other = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * std)
-    return other
 
 
 def as_llama(model):
