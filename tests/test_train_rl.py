@@ -147,9 +147,7 @@ def torchrun(script, *args):
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("script, extra", [("grpo", ["--max_steps", "3"]),
-                                           pytest.param("ppo", ["--max_steps", "4", "--target_kl", "0"],
-                                                        marks=pytest.mark.slow)])
+@pytest.mark.parametrize("script, extra", [("grpo", ["--max_steps", "3"])])  # PPO shares the DDP path
 def test_two_gloo_processes_train_and_save(tmp_path, inputs, script, extra):
     out = tmp_path / "out"
     result = torchrun(f"train_{script}.py", *RUN, *inputs, "--out_dir", str(out), "--num_generations", "4",
@@ -162,16 +160,13 @@ def test_two_gloo_processes_train_and_save(tmp_path, inputs, script, extra):
     assert all(math.isfinite(x) for key in ("reward", "len", "loss") for x in column(rows, key))
     assert read_meta(str(out / f"{PRODUCT[script]}.pth"))["step"] == steps
     load_model(str(out / f"{PRODUCT[script]}.pth"))
-    if script == "ppo":
-        assert "value_head.weight" in torch.load(out / "ppo_critic_64.pth", weights_only=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 3. Kill -9 and resume.
 
 
-@pytest.mark.parametrize("name", [pytest.param("cispo", marks=pytest.mark.slow), "grpo_2_iterations",
-                                  pytest.param("ppo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["grpo_2_iterations", pytest.param("ppo", marks=pytest.mark.slow)])
 def test_a_run_killed_after_a_save_resumes_with_the_same_rewards_and_losses(finished, tmp_path, capsys, name):
     """A save comes due every 3 steps, which can fall in the middle of a rollout's optimizer steps (--num_iterations 2;
     PPO's 2 to 4 passes): it must wait for the rollout's last step, or the resume would replay part of a rollout.
