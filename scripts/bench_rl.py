@@ -9,14 +9,13 @@
   engine's advantage on replies of mixed lengths.
 - Training: one GRPO/CISPO optimizer step on the rollout (forward, log-probs, loss, backward, AdamW) against
   one plain SFT step (cross-entropy) on the same token rows: the cost of the RL loss over next-token training.
-Peak RSS (CPU) or peak allocated memory (CUDA) is printed at the end. Median of --reps repetitions.
+Peak RSS (CPU) or peak allocated memory (CUDA) is printed at the end. A and B run in turn, --reps times
+(after a warm-up), and the median is taken, as in scripts/bench_model.py.
 """
 import argparse
 import os
 import resource
-import statistics
 import sys
-import time
 
 import torch
 
@@ -27,21 +26,7 @@ from model.generation import generate, left_pad  # noqa: E402
 from model.losses import token_logprobs  # noqa: E402
 from model.rl import group_advantages, policy_loss  # noqa: E402
 from model.rollout import TorchRollout  # noqa: E402
-
-
-def timed(fn, reps: int, device) -> tuple[float, object]:
-    """(median seconds, last result) over reps calls after one warm-up."""
-    times, result = [], None
-    for rep in range(reps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if rep:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+from scripts.bench_model import interleaved  # noqa: E402  (A and B in turn, median: this machine drifts)
 
 
 def main():
@@ -69,11 +54,19 @@ def main():
           f"{torch.get_num_threads()} threads")
 
     engine = TorchRollout(model, never, args.max_new_tokens, temperature=1.0, seed=0)
+    ids, mask = left_pad([p for p in prompts for _ in range(args.group)], 0)
+    last = {}
+
+    def rollout_engine():
+        last["rollout"] = engine(prompts, args.group, step=0)
+
+    def static_generate():
+        generate(model, ids.to(device), mask.to(device), eos_token_id=never, max_new_tokens=args.max_new_tokens,
+                 do_sample=True)
+
     with autocast():
-        engine_s, rollout = timed(lambda: engine(prompts, args.group, step=0), args.reps, device)
-        ids, mask = left_pad([p for p in prompts for _ in range(args.group)], 0)
-        static_s, _ = timed(lambda: generate(model, ids.to(device), mask.to(device), eos_token_id=never,
-                                             max_new_tokens=args.max_new_tokens, do_sample=True), args.reps, device)
+        t = interleaved({"engine": rollout_engine, "static": static_generate}, args.reps, device)
+    engine_s, static_s, rollout = t["engine"], t["static"], last["rollout"]
     new_tokens = rows * args.max_new_tokens
     print(f"rollout  engine {new_tokens / engine_s:8,.0f} new tok/s | static generate {new_tokens / static_s:8,.0f} "
           f"| ratio {static_s / engine_s:.2f}x")
@@ -98,8 +91,8 @@ def main():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    rl_s, _ = timed(rl_step, args.reps, device)
-    sft_s, _ = timed(sft_step, args.reps, device)
+    t = interleaved({"rl": rl_step, "sft": sft_step}, args.reps, device)
+    rl_s, sft_s = t["rl"], t["sft"]
     tokens = inputs["input_ids"].numel()
     print(f"training GRPO step {tokens / rl_s:8,.0f} tok/s | SFT step {tokens / sft_s:8,.0f} tok/s | "
           f"ratio {sft_s / rl_s:.2f}x ({tokens:,} tokens per step)")
