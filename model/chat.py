@@ -12,10 +12,11 @@
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .checkpoint import CheckpointError, checkpoint_path, load_model
 from .reasoning import ThinkSplitter, held_suffix, opens_thinking
+from .toolcall import ToolCall, ToolCallSplitter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
@@ -133,9 +134,11 @@ def merge_lora_file(model, path: str):
 # Prompts
 
 
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the conversation in the chat template, ending with the assistant's generation prompt."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None, **template_args) -> list[int]:
+    """Token ids of the conversation in the chat template, ending with the assistant's generation prompt.
+    `tools`: JSON schemas of the functions on offer; `template_args` e.g. enable_thinking=True."""
+    text = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=True,
+                                         **template_args)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -218,31 +221,37 @@ class StopStrings:
 
 @dataclass
 class Delta:
-    """New text of a reply: thinking and answer apart."""
+    """New output of a reply: thinking, answer and finished tool calls apart."""
     reasoning: str = ""
     content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def __bool__(self):
-        return bool(self.reasoning or self.content)
+        return bool(self.reasoning or self.content or self.tool_calls)
 
     def __add__(self, other: "Delta") -> "Delta":
-        return Delta(self.reasoning + other.reasoning, self.content + other.content)
+        return Delta(self.reasoning + other.reasoning, self.content + other.content,
+                     self.tool_calls + other.tool_calls)
 
 
 class ReplyStream:
-    """Token ids in, `Delta`s out: UTF-8-safe decoding -> stop strings -> optional <think> split.
+    """Token ids in, `Delta`s out: UTF-8-safe decoding -> stop strings -> optional <think> split -> optional
+    tool calls taken out of the content.
 
     `split_think=False` passes text through untouched (plain completions). `prompt_ids`, when given, say
     whether the reply starts inside a think block: templates with a thinking switch end the prompt with
-    `<think>`. The whole reply so far is kept in `reasoning` / `content`, the tokens pushed in `n_tokens`.
+    `<think>`. `tools`: the names of the functions on offer (any iterable; None = no tool calls, the
+    content is text). The whole reply so far is kept in `reasoning` / `content` / `tool_calls`, the tokens
+    pushed in `n_tokens`.
     """
 
-    def __init__(self, tokenizer, stop=(), split_think=True, prompt_ids=None):
+    def __init__(self, tokenizer, stop=(), split_think=True, prompt_ids=None, tools=None):
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.stop = StopStrings(stop)
         thinking = bool(prompt_ids) and opens_thinking(tokenizer.decode(list(prompt_ids[-8:])))
         self.splitter = ThinkSplitter(thinking) if split_think else None
-        self.reasoning, self.content, self.n_tokens = "", "", 0
+        self.calls = ToolCallSplitter(tools) if tools is not None else None
+        self.reasoning, self.content, self.tool_calls, self.n_tokens = "", "", [], 0
 
     @property
     def stopped(self) -> bool:
@@ -258,15 +267,23 @@ class ReplyStream:
         text = self.stop.push(self.detokenizer.flush())
         delta = self.route(text + self.stop.flush())
         if self.splitter:
-            held = Delta(*self.splitter.flush())
-            self.reasoning, self.content = self.reasoning + held.reasoning, self.content + held.content
-            delta = delta + held
+            reasoning, content = self.splitter.flush()
+            delta = delta + self.record(Delta(reasoning, *self.take_calls(content)))
+        if self.calls:
+            delta = delta + self.record(Delta(content=self.calls.flush()))
         return delta
 
     def route(self, text: str) -> Delta:
-        delta = Delta(*self.splitter.push(text)) if self.splitter else Delta(content=text)
+        reasoning, content = self.splitter.push(text) if self.splitter else ("", text)
+        return self.record(Delta(reasoning, *self.take_calls(content)))
+
+    def take_calls(self, content: str) -> tuple[str, list]:
+        return self.calls.push(content) if self.calls else (content, [])
+
+    def record(self, delta: Delta) -> Delta:
         self.reasoning += delta.reasoning
         self.content += delta.content
+        self.tool_calls += delta.tool_calls
         return delta
 
 

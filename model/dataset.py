@@ -20,9 +20,10 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .reasoning import TAGS as REASON_TAGS
+from .toolcall import ToolCallError, normalize_messages
 
 IGNORE = -100  # label of a token the loss skips (the default ignore_index of cross_entropy)
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_WARNINGS = 10  # bad lines reported one by one before counting silently
 
 
@@ -126,6 +127,16 @@ def get_field(row, name, kind):
     if not isinstance(row[name], kind):
         raise DataError(f"field '{name}' must be a {kind.__name__}, got {type(row[name]).__name__}")
     return row[name]
+
+
+def chat_messages(messages) -> tuple[list, list | None]:
+    """A row's conversation, checked, with minimind's JSON-string `tools` / `tool_calls` parsed: (messages,
+    tools on offer or None), ready for the chat template."""
+    try:
+        messages, tools = normalize_messages(messages)
+    except ToolCallError as e:
+        raise DataError(str(e)) from None
+    return messages, tools
 
 
 def check_conversation(messages, need_assistant=True):
@@ -350,8 +361,9 @@ class _ChatDataset(_JsonlDataset):
         sees at inference, where the prompt ends with the header. Otherwise (the usual case)
         the ids equal those of encoding the whole text at once.
         """
+        messages, tools = chat_messages(messages)
         check_conversation(messages)
-        pieces = self.tokenizer.apply_chat_template(messages, tokenize=False).split(self.header)
+        pieces = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False).split(self.header)
         replies = sum(m["role"] == "assistant" for m in messages)
         if len(pieces) - 1 != replies:
             raise DataError(f"found {len(pieces) - 1} assistant headers for {replies} assistant messages "
@@ -438,10 +450,11 @@ class RLPromptDataset(_ChatDataset):
         if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant" \
                 and messages[-1].get("content") in (None, "", "None"):
             messages = messages[:-1]  # minimind's RLAIF rows end with an empty reply to fill in ("" or "None")
+        messages, tools = chat_messages(messages)
         check_conversation(messages, need_assistant=False)
-        if messages[-1]["role"] != "user":
-            raise DataError(f"prompt must end with a user message, not {messages[-1]['role']}")
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if messages[-1]["role"] not in ("user", "tool"):
+            raise DataError(f"prompt must end with a user or tool message, not {messages[-1]['role']}")
+        prompt = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         if len(ids) > self.max_seq_len:
             raise DataError(f"over-long: prompt has {len(ids)} tokens, max_prompt_len is {self.max_seq_len}")

@@ -225,7 +225,7 @@ def test_bad_lines_of_other_formats(tok, tmp_path):
         (PretrainDataset, {"text": 3}, "field 'text' must be a str, got int"),
         (DPODataset, {"chosen": chat}, "missing field 'rejected'"),
         (DPODataset, {"chosen": chat, "rejected": chat[:1]}, "rejected: conversation has no assistant message"),
-        (RLPromptDataset, {"conversations": chat}, "prompt must end with a user message, not assistant"),
+        (RLPromptDataset, {"conversations": chat}, "prompt must end with a user or tool message, not assistant"),
         (RLPromptDataset, {"conversations": [{"role": "user", "content": "x " * 100}]}, "over-long: prompt has"),
     ]
     for n, (cls, row, message) in enumerate(cases):
