@@ -84,6 +84,22 @@ def demo_stages(args) -> list[Stage]:
                    "It starts from the DPO model, not the reasoning one: the reasoning model follows the "
                    "template but gets almost no answer right (pass@8 near 0), and a group whose replies all "
                    "score alike teaches nothing. Accuracy is greedy replies to the held-out RL prompts."),
+        Stage("tool_sft", "train_full_sft.py", sized(h, args.num_hidden_layers) + common + [
+            "--from_weight", ckpt("full_sft"), "--data_path", os.path.join(DEMO, "sft_tools.jsonl"),
+            "--max_steps", "300", "--batch_size", "8", "--learning_rate", "1e-3", "--max_seq_len", "448"],
+              ckpt("tool_sft"),
+              note="Tool-use SFT on the SFT model: chats whose system turn offers a calculator, a lookup of the "
+                   "world's facts and a unit converter; the replies call them (<tool_call> blocks), read the "
+                   "results (<tool_response>) and answer, or answer small talk directly."),
+        Stage("agent", "train_agent.py", sized(h, args.num_hidden_layers) + common + [
+            "--from_weight", ckpt("tool_sft"), "--max_steps", "20", "--batch_size", "8", "--num_generations", "4",
+            "--max_new_tokens", "48", "--max_tool_turns", "3", "--learning_rate", "1e-4", "--warmup_iters", "2",
+            "--max_seq_len", "448", "--log_interval", "1", "--eval_interval", "10",
+            "--data_path", os.path.join(DEMO, "agent_prompts.jsonl"),
+            "--val_path", os.path.join(DEMO, "agent_prompts_val.jsonl")], ckpt("agent"),
+              note="Agentic RL (CISPO) on the tool-SFT model: each episode runs the model's tool calls in the "
+                   "sandbox and feeds the results back, up to 3 turns; the reward checks the final answer and "
+                   "that every call was valid. Tool results are context only, never trained on."),
         Stage("student_sft", "train_full_sft.py", student + ["--from_weight", "none", "--max_steps", "150",
                                                              "--learning_rate", "2e-3"],
               ckpt("full_sft", args.student_hidden_size),
@@ -217,6 +233,46 @@ def group_pass_rates(stage: Stage, args, n_prompts: int = 64) -> dict:
             "mixed": sum(0 < k < G for k in right) / n, "mean": sum(right) / (n * G)}
 
 
+def tool_use(weights: str, args, with_tools: bool) -> dict:
+    """Greedy episodes on the held-out agent prompts (agent_prompts_val.jsonl): accuracy per category, and
+    whether a tool was called when one was needed and not called when not. with_tools=False asks the same
+    questions without offering any tool (the plain SFT model's baseline)."""
+    import torch
+    from demo import is_correct
+    from demo.tools import demo_tools
+    from model.agent import greedy_episodes
+    from model.chat import chat_prompt_ids
+    from model.checkpoint import load_model, load_tokenizer
+    from model.toolcall import normalize_messages
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(weights, device=args.eval_device)[0].float().eval()
+    tokenizer = load_tokenizer(os.path.join(ROOT, "model", "tokenizer"))
+    tools = {t.name: t for t in demo_tools()} if with_tools else {}
+    with open(os.path.join(DEMO, "agent_prompts_val.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    prompts = []
+    for row in rows:
+        messages, offered = normalize_messages(row["conversations"])
+        messages = [{k: v for k, v in m.items() if k != "tools"} for m in messages]
+        prompts.append(chat_prompt_ids(tokenizer, messages, offered if with_tools else None))
+    episodes = greedy_episodes(model, tokenizer, tools, prompts, [list(tools)] * len(rows), 48, 3)
+    by_category, needed, not_needed = {}, [], []
+    for row, episode in zip(rows, episodes):
+        called = bool(episode.calls)
+        (needed if row["needs_tool"] else not_needed).append(called if row["needs_tool"] else not called)
+        if row["answer"]:
+            by_category.setdefault(row["category"], []).append(is_correct(episode.answer, row))
+    accuracy = {c: sum(v) / len(v) for c, v in sorted(by_category.items())}
+    accuracy["overall"] = sum(map(sum, by_category.values())) / sum(map(len, by_category.values()))
+    samples = []
+    for i in range(0, len(rows), max(1, len(rows) // 6)):
+        calls = [f"{c.name}({json.dumps(c.arguments, ensure_ascii=False)}) → {r}" for c, r in episodes[i].calls]
+        samples.append((rows[i]["conversations"][-1]["content"], calls, episodes[i].answer))
+    return {"accuracy": accuracy, "called_when_needed": sum(needed) / len(needed),
+            "quiet_when_not": sum(not_needed) / len(not_needed), "samples": samples[:6]}
+
+
 def reward_curve(stage: Stage) -> str | None:
     """The RL stage's reward per step (and its accuracy part), with the held-out accuracy of each evaluation."""
     stem = os.path.splitext(stage.product)[0]
@@ -295,6 +351,21 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
             acc = s.results.get("accuracy")
             if acc:
                 lines.append(f"| {s.name} | " + " | ".join(pct(acc.get(c)) for c in categories) + " |")
+    tool_rows = [(name, t) for s in done for name, t in (("full_sft (no tools)", s.results.get("tools_baseline")),
+                                                          (f"{s.name} (tools)", s.results.get("tools"))) if t]
+    if tool_rows:
+        kinds = sorted({c for _, t in tool_rows for c in t["accuracy"] if c != "overall"})
+        lines += ["", "## Tool use", "",
+                  "Held-out agent prompts (agent_prompts_val.jsonl: unseen operands and word problems, facts only "
+                  "pretraining states, two-hop subjects never asked in training, small talk in new phrasings), "
+                  "answered greedily; with tools, each call runs and its result goes back to the model (up to 3 "
+                  "turns).", "",
+                  "| model | " + " | ".join(kinds) + " | overall | tool called when needed | no call when not |",
+                  "|---|" + "---|" * (len(kinds) + 3)]
+        for name, t in tool_rows:
+            lines.append(f"| {name} | " + " | ".join(pct(t["accuracy"].get(c)) for c in kinds) +
+                         f" | {pct(t['accuracy']['overall'])} | {pct(t['called_when_needed'])} | "
+                         f"{pct(t['quiet_when_not'])} |")
     for s in done:
         lines += ["", f"## {s.name}", "", f"`python {s.script} {' '.join(shlex.quote(f) for f in s.flags)}`", ""]
         if s.note:
@@ -322,6 +393,11 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
         for question, reply in s.results.get("samples", []):
             reply = " ".join(reply.split())[:200]
             lines.append(f"- **Q:** {' '.join(question.split())}  \n  **A:** {reply}")
+        if s.results.get("tools"):
+            lines += ["", "Held-out episodes with tools:", ""]
+            for question, calls, answer in s.results["tools"]["samples"]:
+                steps = "".join(f"  \n  **call:** `{c}`" for c in calls)
+                lines.append(f"- **Q:** {' '.join(question.split())}{steps}  \n  **A:** {' '.join(answer.split())[:200]}")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -362,12 +438,16 @@ def main():
         stages = [s for s in stages if s.name in args.stages.split(",")]
     report = os.path.join(args.out_dir, "report.md")
     for stage in stages:
-        rl = stage.script in ("train_grpo.py", "train_ppo.py")
+        rl = stage.script in ("train_grpo.py", "train_ppo.py")  # train_agent.py has its own table (tool_use)
         passes = group_pass_rates(stage, args) if rl else None
         seconds = run_stage(stage, args, log_dir)
         stage.results = {"seconds": seconds, **training_numbers(stage), **measure(stage, args, rows)}
         if rl:
             stage.results["rl"] = {"passes": passes, **rl_numbers(stage), "curve": reward_curve(stage)}
+        if stage.name in ("tool_sft", "agent"):
+            if stage.name == "tool_sft":
+                stage.results["tools_baseline"] = tool_use(flag(stage, "--from_weight"), args, with_tools=False)
+            stage.results["tools"] = tool_use(stage.product, args, with_tools=True)
         if "accuracy" in stage.results:
             print(f"{stage.name}: held-out accuracy {pct(stage.results['accuracy']['overall'])}", flush=True)
         write_report(stages, args, report, time.time() - start)

@@ -6,6 +6,12 @@ the replies that beat their group's average become more likely.
     python train_grpo.py --data_path dataset/rlaif.jsonl --from_weight full_sft --accuracy_weight 0
     python train_grpo.py --loss_type grpo --beta 0.02 --num_iterations 2 --dynamic_sampling
     python train_grpo.py --rollout_server http://127.0.0.1:8998/v1      # sample on a serving engine
+    python train_agent.py                                   # the same with tools: multi-turn episodes
+
+With --tools (train_agent.py turns them on), a rollout is an episode: the model's turns, the tool calls it
+makes run in a sandbox and their results are appended, up to --max_tool_turns (model/agent.py). The rewards score
+the final answer, plus --tool_format_weight for valid calls and an answer; tool results are context, never
+trained on.
 
 Reads minimind's RL jsonl, {"conversations": [..., {"role": "user", ...}, optional empty assistant],
 "answer": target} (the target is needed only by the accuracy reward); writes out/grpo_<hidden>[_moe].pth.
@@ -29,10 +35,14 @@ which starts far from good, uses a larger one (see run_demo.py).
 import argparse
 import copy
 import time
+from contextlib import ExitStack
 
 import torch
 
 from demo import data_paths
+from demo.tools import demo_tools
+from model.agent import ToolRollout, add_agent_args, check_offered, evaluate_agent, sample_episodes
+from model.chat import add_tool_args, open_tools
 from model.checkpoint import build_model
 from model.losses import token_entropy, token_logprobs
 from model.rewards import add_reward_args
@@ -43,8 +53,9 @@ from model.runtime import add_common_args, setup_run
 from model.session import Session
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(description=__doc__, data="rl_prompts", **defaults):
+    """`data`: the demo file read without --data_path; `defaults`: flag defaults (train_agent.py's)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, learning_rate=1e-6, from_weight="reason", save_weight="grpo", batch_size=4,
                     max_seq_len=512, log_interval=1, save_interval=100)
     add_rollout_args(parser, num_generations=8)
@@ -63,28 +74,57 @@ def main():
     g.add_argument("--dynamic_sampling", action="store_true",
                    help="drop groups whose replies all got the same reward from the loss (DAPO)")
     add_reward_args(parser)
+    add_tool_args(parser)
+    add_agent_args(parser)
+    parser.set_defaults(**defaults)
     args = parser.parse_args()
     check_rollout_args(parser, args, min_generations=2)
     if args.num_iterations > 1 and args.accumulation_steps > 1:
         parser.error("--num_iterations > 1 needs --accumulation_steps 1")
+    if (args.tools or args.mcp) and args.rollout_server:
+        parser.error("--tools runs episodes in-process; --rollout_server serves single completions only")
+    with ExitStack() as stack:
+        try:  # MCP servers named by --mcp run until training ends
+            tools = {t.name: t for t in stack.enter_context(open_tools(args, demo_tools()))}
+        except ValueError as e:
+            parser.error(str(e))
+        train(parser, args, data, tools)
+
+
+def train(parser, args, data: str, tools: dict):
     run = setup_run(args)
 
-    train_path, val_path = data_paths(args.data_path, args.val_path, "rl_prompts")
+    train_path, val_path = data_paths(args.data_path, args.val_path, data)
     tokenizer, train_data, val_data, rewards = prepare_rl(args, run, train_path, val_path)
+    if tools:
+        try:
+            check_offered([train_data, val_data], tools)
+        except ValueError as e:
+            parser.error(str(e))
     model = build_model(args, run, tokenizer)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if args.beta else None  # before any resume
-    evaluate_fn = (lambda m: evaluate_prompts(m, val_data, tokenizer, rewards, run, args.max_new_tokens,
-                                              args.eval_samples)) if val_data else None
+    evaluate_fn = None
+    if val_data:
+        evaluate_fn = (lambda m: evaluate_agent(m, val_data, tokenizer, tools, rewards, run, args)) if tools else \
+            (lambda m: evaluate_prompts(m, val_data, tokenizer, rewards, run, args.max_new_tokens, args.eval_samples))
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, evaluate_fn=evaluate_fn,
                       steps_per_batch=args.num_iterations)
-    rollout_engine = make_rollout(args, model, tokenizer, run.rank,
-                                  session.checkpoints.weights_path.replace(".pth", "_rollout.pth"))
+    if tools:
+        rollout_engine = ToolRollout(model, tokenizer, tools, args.max_new_tokens, args.max_tool_turns, args.temperature,
+                                     args.top_p, seed=args.seed, rank=run.rank, tool_timeout=args.tool_timeout)
+    else:
+        rollout_engine = make_rollout(args, model, tokenizer, run.rank,
+                                      session.checkpoints.weights_path.replace(".pth", "_rollout.pth"))
     G = args.num_generations
 
     if val_data and not args.resume:
         session.evaluate()  # the starting point, logged as step 0
     for batch in session.batches():
-        scored = sample_and_score(rollout_engine, batch, G, session.progress.step, tokenizer, rewards, run)
+        if tools:
+            scored = sample_episodes(rollout_engine, batch, G, session.progress.step, rewards, run,
+                                     args.tool_format_weight)
+        else:
+            scored = sample_and_score(rollout_engine, batch, G, session.progress.step, tokenizer, rewards, run)
         advantages, zero_var = group_advantages(scored.rewards, G, args.scale_rewards)
         inputs = scored.rollout.batch(tokenizer.pad_token_id, run.device)
         keep = (~zero_var).repeat_interleave(G).to(run.device) if args.dynamic_sampling else None

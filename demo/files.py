@@ -16,6 +16,8 @@ from .items import Item, answer_sentence, fact_item, identity_item, reasoning_re
 from .leaks import find_leaks
 from .phrasings import (CHITCHAT, DOMAIN_SYSTEM, EVASIVE, GREETINGS, IDENTITY, IDENTITY_OPENERS, LANGS, RELATIONS,
                         SYSTEM_PROMPTS, THANKS)
+from .tooluse import (AGENT_MIX, AGENT_ROWS, SFT_TOOLS_MIX, SFT_TOOLS_ROWS, ToolChats, agent_rows, agent_val_rows,
+                      sft_tool_conversations)
 from .world import World, build_world, facts_of, rng_for
 
 # Sizes: --scale multiplies training rows; held-out files keep a fixed size so that scores compare across scales.
@@ -221,7 +223,7 @@ def write_jsonl(path: Path, records: list):
 
 
 TRAINING_FILES = ["pretrain.jsonl", "sft.jsonl", "dpo.jsonl", "reason.jsonl", "lora_identity.jsonl",
-                  "lora_domain.jsonl", "rl_prompts.jsonl"]
+                  "lora_domain.jsonl", "rl_prompts.jsonl", "sft_tools.jsonl", "agent_prompts.jsonl"]
 FILE_DESCRIPTIONS = {
     "pretrain.jsonl": "pretraining paragraphs: encyclopedia entries, stories and dialogues about the world, "
                       "arithmetic pages, worked word problems",
@@ -239,6 +241,11 @@ FILE_DESCRIPTIONS = {
     "lora_domain.jsonl": "domain LoRA: the valley's herbal medicine (taught nowhere else)",
     "rl_prompts.jsonl": "RL prompts with checkable answers",
     "rl_prompts_val.jsonl": "held-out RL prompts",
+    "sft_tools.jsonl": "tool-use SFT: the calculator for arithmetic and word problems, lookup for facts (twice for "
+                       "two-hop questions), convert for units, no tool for small talk; plain chats without tools",
+    "agent_prompts.jsonl": "agentic RL prompts with the tools and a checkable answer",
+    "agent_prompts_val.jsonl": "held-out agent prompts (unseen operands, word problems, pretraining-only facts, "
+                               "two-hop subjects) and small talk that needs no tool",
     "eval.jsonl": "held-out evaluation questions, balanced over categories and languages",
 }
 
@@ -299,6 +306,14 @@ def build_files(world: World, heldout: HeldOut, seed: int, scale: float) -> dict
     files["rl_prompts_val.jsonl"] = [rl_row(item) for _, item in
                                      sample_heldout(rng_for(seed, "rl_val"), candidates, RL_VAL_MIX, RL_VAL_ROWS)]
 
+    chats = ToolChats(seed)
+    files["sft_tools.jsonl"] = sft_tool_conversations(rng_for(seed, "sft_tools"), chats, items("sft_tools"),
+                                                      items("sft_tools_plain"), heldout,
+                                                      _split_counts(rows(SFT_TOOLS_ROWS), SFT_TOOLS_MIX))
+    files["agent_prompts.jsonl"] = agent_rows(rng_for(seed, "agent"), chats, items("agent"), heldout,
+                                              _split_counts(rows(AGENT_ROWS), AGENT_MIX))
+    files["agent_prompts_val.jsonl"] = agent_val_rows(rng_for(seed, "agent_val"), chats, candidates)
+
     files["eval.jsonl"] = eval_rows(rng_for(seed, "eval"), candidates, EVAL_CATEGORIES, EVAL_PER_CATEGORY_LANG)
     return files
 
@@ -314,7 +329,8 @@ def generate(out_dir, seed: int = 42, scale: float = 1.0) -> dict:
     # Everything held out: evaluation rows and the prompts of the held-out DPO and RL files.
     heldout_questions = sorted({r["question"] for r in files["eval.jsonl"] + files["reason_eval.jsonl"]}
                                | {r["chosen"][-2]["content"] for r in files["dpo_val.jsonl"]}
-                               | {r["conversations"][0]["content"] for r in files["rl_prompts_val.jsonl"]})
+                               | {r["conversations"][0]["content"] for r in files["rl_prompts_val.jsonl"]}
+                               | {r["conversations"][-1]["content"] for r in files["agent_prompts_val.jsonl"]})
     problems = find_leaks({name: files[name] for name in TRAINING_FILES}, heldout_questions, heldout)
     if problems:
         raise AssertionError("held-out material leaked:\n" + "\n".join(problems[:20]))

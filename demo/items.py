@@ -24,6 +24,7 @@ class Item:
     wrong_reply: str = ""
     think: list = field(default_factory=list)
     final: str = ""  # the <answer> block of a reasoning reply; the reply itself when empty
+    calls: list = field(default_factory=list)  # [(tool, arguments)]: the tool calls that answer it, in order
 
     def strings(self) -> list[str]:
         """Every text a training file can take from this item."""
@@ -78,7 +79,8 @@ def fact_item(rng: random.Random, world: World, fact: Fact, lang: str, template:
     answer, aliases = answer_forms(fact.obj, lang)
     wrong = wrong_value(rng, world, fact.relation, fact.obj)
     return Item(lang, template.format(s=surface(fact.subject, lang)), answer_sentence(fact, lang), answer, aliases,
-                wrong_reply=answer_sentence(fact, lang, wrong) if wrong is not None else "")
+                wrong_reply=answer_sentence(fact, lang, wrong) if wrong is not None else "",
+                calls=[("lookup", {"name": surface(fact.subject, lang)})])
 
 
 def two_hop_item(rng: random.Random, world: World, relation: str, subject, lang: str, template: str) -> Item:
@@ -93,7 +95,8 @@ def two_hop_item(rng: random.Random, world: World, relation: str, subject, lang:
                 join.join([answer_sentence(hop1, lang), answer_sentence(hop2, lang)]), answer, aliases,
                 wrong_reply=join.join([answer_sentence(hop1, lang), answer_sentence(hop2, lang, wrong)]),
                 think=[state(rng, hop1, lang), state(rng, hop2, lang),
-                       SO_THE_ANSWER_IS[lang].format(o=surface(hop2.obj, lang))])
+                       SO_THE_ANSWER_IS[lang].format(o=surface(hop2.obj, lang))],
+                calls=[("lookup", {"name": surface(subject, lang)}), ("lookup", {"name": surface(middle, lang)})])
 
 
 # ---- arithmetic ----
@@ -159,15 +162,16 @@ def arithmetic_item(rng: random.Random, op: str, a: int, b: int, lang: str, temp
     if wrong < 0:
         wrong = c + 10
     return Item(lang, template.format(a=a, b=b), EQUATION[lang].format(a=a, op=op, b=b, c=c), str(c), [],
-                wrong_reply=EQUATION[lang].format(a=a, op=op, b=b, c=wrong), think=column_steps(op, a, b, lang))
+                wrong_reply=EQUATION[lang].format(a=a, op=op, b=b, c=wrong), think=column_steps(op, a, b, lang),
+                calls=[("calculator", {"expression": f"{a} {op} {b}"})])
 
 
 # ---- word problems ----
-WORD_PROBLEM_MATH = {  # frame -> (ranges of a, b, c; solve -> (first step, result))
-    "buy_give": (((5, 60), (2, 40), (2, 30)), lambda a, b, c: (a + b, a + b - c)),
-    "sell_twice": (((30, 99), (2, 25), (2, 25)), lambda a, b, c: (a - b, a - b - c)),
-    "three_days": (((2, 40), (2, 40), (2, 40)), lambda a, b, c: (a + b, a + b + c)),
-    "boxes": (((2, 9), (3, 12), (1, 20)), lambda a, b, c: (a * b, a * b + c)),
+WORD_PROBLEM_MATH = {  # frame -> (ranges of a, b, c; solve -> (first step, result); one calculator expression)
+    "buy_give": (((5, 60), (2, 40), (2, 30)), lambda a, b, c: (a + b, a + b - c), "{a} + {b} - {c}"),
+    "sell_twice": (((30, 99), (2, 25), (2, 25)), lambda a, b, c: (a - b, a - b - c), "{a} - {b} - {c}"),
+    "three_days": (((2, 40), (2, 40), (2, 40)), lambda a, b, c: (a + b, a + b + c), "{a} + {b} + {c}"),
+    "boxes": (((2, 9), (3, 12), (1, 20)), lambda a, b, c: (a * b, a * b + c), "{a} × {b} + {c}"),
 }
 
 
@@ -180,7 +184,7 @@ class WordProblem:
 
 
 def sample_word_problem_numbers(rng: random.Random, frame: str) -> tuple:
-    ranges, solve = WORD_PROBLEM_MATH[frame]
+    ranges, solve, _ = WORD_PROBLEM_MATH[frame]
     while True:
         numbers = tuple(rng.randint(lo, hi) for lo, hi in ranges)
         result = solve(*numbers)[1]
@@ -201,7 +205,8 @@ def word_problem_item(rng: random.Random, problem: WordProblem, lang: str) -> It
     join = SENTENCE_JOIN[lang]
     return Item(lang, t["q"].format(**fields), join.join(steps + [final]), str(x2), [],
                 wrong_reply=join.join(wrong_steps + [t["answer"].format(**fields, x2=wrong)]),
-                think=steps + [SO_THE_ANSWER_IS[lang].format(o=x2)], final=final)
+                think=steps + [SO_THE_ANSWER_IS[lang].format(o=x2)], final=final,
+                calls=[("calculator", {"expression": WORD_PROBLEM_MATH[problem.frame][2].format(a=a, b=b, c=c)})])
 
 
 # ---- identity and the herbal domain (LoRA sets) ----

@@ -512,3 +512,18 @@ IDENTITY = {  # intent -> lang -> (train questions, eval questions, answer)
 IDENTITY_OPENERS = {"en": ["", "Hi! ", "Hello, ", "Excuse me, "], "zh": ["", "你好！", "嗨，", "打扰一下，"]}
 DOMAIN_SYSTEM = {"en": "You are an assistant who knows the herbal medicine of the valley.",
                  "zh": "你是一个熟悉山谷草药知识的助手。"}
+
+# ---- tool use (sft_tools.jsonl, agent_prompts*.jsonl) ----
+# Units the convert tool knows, as questions name them; the tool is called with the unit symbols.
+UNIT_WORDS = {"km": {"en": "kilometers", "zh": "公里"}, "m": {"en": "meters", "zh": "米"},
+              "cm": {"en": "centimeters", "zh": "厘米"}, "kg": {"en": "kilograms", "zh": "千克"},
+              "g": {"en": "grams", "zh": "克"}, "hour": {"en": "hours", "zh": "小时"},
+              "minute": {"en": "minutes", "zh": "分钟"}, "second": {"en": "seconds", "zh": "秒"},
+              "day": {"en": "days", "zh": "天"}}
+CONVERT_ASK = {"en": ["How many {to} are in {v} {frm}?", "Convert {v} {frm} to {to}.", "What is {v} {frm} in {to}?"],
+               "zh": ["{v}{frm}是多少{to}？", "把{v}{frm}换算成{to}。", "{v}{frm}等于多少{to}？"]}
+CONVERT_ANSWER = {"en": "{v} {frm} is {r}.", "zh": "{v}{frm}是{r}。"}
+# Small talk that only the agent's held-out prompts use: no tool is needed to answer it.
+CHITCHAT_HELDOUT = {"en": ["Hey there, how is your day going?", "Could you chat with me for a bit?",
+                           "Are you having a good day?", "Is it nice to talk with me?", "Shall we have a little chat?"],
+                    "zh": ["你今天过得怎么样？", "可以陪我聊聊天吗？", "最近还好吗？", "和我聊天开心吗？", "我们随便聊几句好吗？"]}

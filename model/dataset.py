@@ -439,7 +439,8 @@ class ReasonDataset(SFTDataset):
 
 class RLPromptDataset(_ChatDataset):
     """{"conversations": [..., {"role": "user"}, optional empty assistant], "answer": optional}
-    → prompt (text with the generation prompt), prompt_ids (unpadded), answer ("" when absent).
+    → prompt (text with the generation prompt), prompt_ids (unpadded), answer ("" when absent), tools (the names
+    of the functions the system turn offers, [] when none).
     The training loader batches them with `collate`, as lists."""
 
     def __init__(self, path, tokenizer, max_prompt_len=512, max_samples=None, skip_bad=False, cache_index=True):
@@ -461,7 +462,8 @@ class RLPromptDataset(_ChatDataset):
         answer = row.get("answer", "")
         if not isinstance(answer, (str, int, float)):
             raise DataError(f"field 'answer' must be a string or number, got {type(answer).__name__}")
-        return {"prompt": prompt, "prompt_ids": torch.tensor(ids), "answer": str(answer)}
+        names = [(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)]
+        return {"prompt": prompt, "prompt_ids": torch.tensor(ids), "answer": str(answer), "tools": names}
 
     def check_answers(self):
         """Raise DataError naming the first line without a target answer (the accuracy reward needs one on
@@ -479,7 +481,7 @@ class RLPromptDataset(_ChatDataset):
         """A batch as lists: the prompts' token ids (unpadded: the rollout engine takes each as it is), their
         texts and target answers."""
         return {"prompt_ids": [s["prompt_ids"].tolist() for s in batch], "prompts": [s["prompt"] for s in batch],
-                "answers": [s["answer"] for s in batch]}
+                "answers": [s["answer"] for s in batch], "tools": [s["tools"] for s in batch]}
 
 
 # --- packing short chats into full windows ------------------------------------------------

@@ -19,7 +19,7 @@ Two backends behind one call, `rollout(prompts, group_size, step) -> Rollout`:
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +38,8 @@ class Rollout:
     completion_ids: list[list[int]]  # the sampled tokens, eos included when the completion stopped
     logprobs: list[list[float]]  # log p(token) under the sampling temperature, one per completion token
     finished: list[bool]  # ended with eos (False: cut at max_new_tokens)
+    # Per completion token: is it trained on? None = all. model/agent.py appends tool results: context only.
+    learn: list[list[bool]] | None = None
 
     def __len__(self):
         return len(self.completion_ids)
@@ -48,7 +50,7 @@ class Rollout:
     def batch(self, pad_id: int, device=None) -> dict:
         """Prompt + completion per row, right-padded, ready for one training forward:
 
-        input_ids (N, L); labels (N, L): the completion tokens, -100 on prompt and padding, so that
+        input_ids (N, L); labels (N, L): the completion tokens learned, -100 elsewhere (prompt, padding, tool results), so that
         `model.losses.token_logprobs(logits, labels)` returns (N, L - 1) log-probs of exactly the completion
         tokens; old_logprobs (N, L - 1) the sampling log-probs in that same layout (0 elsewhere).
         Right padding needs no attention mask: causal attention never lets it reach a real token.
@@ -62,6 +64,8 @@ class Rollout:
             start, end = len(prompt), len(prompt) + len(completion)
             input_ids[i, :end] = torch.tensor(prompt + completion)
             labels[i, start:end] = torch.tensor(completion, dtype=torch.long)
+            if self.learn is not None:
+                labels[i, start:end][~torch.tensor(self.learn[i], dtype=torch.bool)] = IGNORE
             old[i, start - 1:end - 1] = torch.tensor(logp)  # the logits at t score the token at t + 1
         mask = labels[:, 1:] != IGNORE  # the completion tokens, in token_logprobs' layout
         return {k: v.to(device) for k, v in (("input_ids", input_ids), ("labels", labels), ("old_logprobs", old),
@@ -228,10 +232,11 @@ class Scored:
     components: dict  # {component: (N,)}
     group_size: int
     seconds: float  # the rollout's wall time
+    extra: dict = field(default_factory=dict)  # more numbers for the log line (model/agent.py's episode stats)
 
     def stats(self) -> dict:
         n, tokens = len(self.rollout), self.rollout.tokens()
-        stats = {"reward": self.rewards.mean().item(),
+        stats = {**self.extra, "reward": self.rewards.mean().item(),
                  **{f"r_{k}": v.mean().item() for k, v in self.components.items()},
                  "len": tokens / n, "trunc": 1 - sum(self.rollout.finished) / n, "rollout_tok_s": tokens / self.seconds}
         if "accuracy" in self.components:  # groups with at least one right reply
