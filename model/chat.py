@@ -8,19 +8,26 @@
   models wrap their thinking in <think>...</think> (split by model/reasoning.py's `ThinkSplitter`).
   `ReplyStream` handles all three, for every caller: `generation.generate_reply` in process (CLI, web chat),
   and the API server's batching engine (model/serving.py).
+- tool use: `chat_with_tools`, the one loop (reply, run its calls, reply again) of the CLI, the terminal API
+  client and the web chat, and the flags that choose the tools on offer
 """
+import json
 import os
 import re
+import shlex
 import sys
+import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from .checkpoint import CheckpointError, checkpoint_path, load_model
 from .reasoning import ThinkSplitter, held_suffix, opens_thinking
 from .toolcall import ToolCall, ToolCallSplitter
+from .tools import mcp_tools, run_call
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
-STAGES = ["pretrain", "full_sft", "rlhf", "reason", "grpo", "ppo_actor"]  # --model_mode 0..5
+STAGES = ["pretrain", "full_sft", "rlhf", "reason", "grpo", "ppo_actor", "tool_sft", "agent"]  # --model_mode 0..7
 LORA_DIR = "lora"  # LoRA weights live in out/lora/lora_<name>_<hidden>[_moe].pth
 
 
@@ -32,7 +39,7 @@ def add_model_args(parser):
     """Flags that pick the model, with the same names in every script that talks to one."""
     g = parser.add_argument_group("model")
     g.add_argument("--model_mode", type=int, default=1, choices=range(len(STAGES)),
-                   help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor: picks "
+                   help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor, 6 tool_sft, 7 agent: picks "
                         "out/<stage>_<hidden>.pth")
     g.add_argument("--out_dir", default="out", help="where the .pth checkpoints are")
     g.add_argument("--hidden_size", type=int, default=None,
@@ -288,6 +295,97 @@ class ReplyStream:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Tool use
+
+
+def add_tool_args(parser):
+    """Flags that put tools on offer, with the same names in every script that chats."""
+    g = parser.add_argument_group("tools")
+    g.add_argument("--tools", default="",
+                   help="demo tools on offer: names, comma-separated (calculator,lookup,convert), or 'all'")
+    g.add_argument("--mcp", action="append", default=[], metavar="CMD",
+                   help='a stdio MCP server to start (e.g. "python scripts/mcp_demo_tools.py"); its tools join '
+                        "those of --tools. Repeatable")
+    g.add_argument("--max_tool_turns", type=int, default=4,
+                   help="model replies per question at most, those that call tools included")
+    return parser
+
+
+def pick_tools(available, names: str) -> list:
+    """'calculator,convert' or 'all' -> those of `available`; a ValueError lists the names there are."""
+    if names.strip() == "all":
+        return list(available)
+    by_name = {tool.name: tool for tool in available}
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise ValueError(f"unknown tool {', '.join(unknown)}: there are {', '.join(by_name)}")
+    return [by_name[name] for name in wanted]
+
+
+@contextmanager
+def open_tools(args, available):
+    """The tools add_tool_args' flags ask for: those of `available` named by --tools, then each --mcp server's
+    (started here, stopped on leaving). A ValueError says what failed: an unknown tool, a server that does
+    not start, a name offered twice."""
+    with ExitStack() as stack:
+        tools = pick_tools(available, args.tools)
+        for command in args.mcp:
+            try:
+                served, close = mcp_tools(shlex.split(command))
+            except Exception as e:  # whatever the server or the SDK raised, said with the command that failed
+                raise ValueError(f"--mcp {command!r}: {type(e).__name__}: {e}") from e
+            stack.callback(close)
+            tools += served
+        yield check_tool_names(tools)
+
+
+def check_tool_names(tools: list) -> list:
+    """`tools`, or a ValueError if two share a name: a call names its function, so which would run?"""
+    names = [tool.name for tool in tools]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"tools offered twice: {', '.join(twice)}")
+    return tools
+
+
+def chat_with_tools(generate_turn, messages: list[dict], tools: list, max_turns: int = 4, on_tool=None):
+    """Ask the model until it answers without calling a tool: OpenAI's client loop, on any model.
+
+    `generate_turn(messages)` runs the model once (streaming to the user as it likes) and returns the
+    finished reply: anything with `reasoning`, `content` and `tool_calls` (a ReplyStream, a Delta). While the
+    reply calls tools, it joins `messages` as an assistant message in OpenAI's form, each call runs
+    (model/tools.py's `run_call`: a failure comes back as an error text for the model to read, never raises),
+    its result joins as a `tool` message and goes to `on_tool(call, result)`, and the model is asked again.
+
+    Returns the last reply; `messages` holds the exchange before it. At most `max_turns` replies: a returned
+    reply that still has `tool_calls` hit that limit, and its calls were not run (the caller says so).
+    """
+    reply = generate_turn(messages)
+    for _ in range(max_turns - 1):
+        if not reply.tool_calls:
+            break
+        # Our own ids, unique in the conversation: a server's ids (if any) need not be.
+        ids = [f"call_{uuid.uuid4().hex[:12]}" for _ in reply.tool_calls]
+        messages.append({"role": "assistant", "content": reply.content,
+                         "tool_calls": [call.openai(call_id) for call, call_id in zip(reply.tool_calls, ids)]})
+        if reply.reasoning:  # the reply as the model wrote it: the next one continues its thought
+            messages[-1]["reasoning_content"] = reply.reasoning
+        for call, call_id in zip(reply.tool_calls, ids):
+            result = run_call(tools, call)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
+            if on_tool:
+                on_tool(call, result)
+        reply = generate_turn(messages)
+    return reply
+
+
+def call_text(call: ToolCall) -> str:
+    """A call as a reader writes one: `calculator({"expression": "12*13"})`."""
+    return f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})"
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Terminal display (eval_model.py, scripts/chat_openai_api.py)
 
 
@@ -313,3 +411,11 @@ class ReplyPrinter:
 
     def end(self):
         print(self.reset if self.section == "thinking" else "")
+
+
+def print_tool_call(call: ToolCall, result: str, width: int = 200):
+    """One tool call and its result on one dim line: `[tool] calculator({"expression": "12*13"}) → 156`."""
+    dim, reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    result = " ".join(result.split())  # one line, whatever the tool returned
+    result = result if len(result) <= width else result[:width] + "…"
+    print(f"{dim}[tool] {call_text(call)} → {result}{reset}", flush=True)

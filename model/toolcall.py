@@ -76,7 +76,9 @@ class ToolCallSplitter:
         self.names = None if names is None else set(names)
         self.pending = ""
         self.inside = False
+        self.gap = ""  # the whitespace before the open call: dropped if it parses, kept if it is text
         self.after_call = False  # drop whitespace that follows a call
+        self.said = False  # some content released: text after a call starts on a new line
 
     def push(self, text: str) -> tuple[str, list[ToolCall]]:
         self.pending += text
@@ -85,18 +87,23 @@ class ToolCallSplitter:
             if self.after_call:
                 self.pending = self.pending.lstrip()
                 self.after_call = not self.pending
+                if self.pending and self.said:
+                    self.pending = "\n" + self.pending
             if not self.inside:
                 i = self.pending.find(CALL_OPEN)
                 if i < 0:  # release all but trailing whitespace and what may become a tag
                     held = held_suffix(self.pending, (CALL_OPEN,))
                     released = self.pending[:len(self.pending) - held].rstrip()
                     out, self.pending = out + released, self.pending[len(released):]
+                    self.said = self.said or bool(out)
                     return out, calls
-                out, self.pending, self.inside = out + self.pending[:i].rstrip(), self.pending[i:], True
+                before = self.pending[:i].rstrip()
+                out, self.gap, self.pending, self.inside = out + before, self.pending[len(before):i], self.pending[i:], True
+                self.said = self.said or bool(out)
             j = self.pending.find(CALL_CLOSE)
             if j < 0:
                 if len(self.pending) > MAX_CALL_CHARS:
-                    out, self.pending, self.inside = out + self.pending, "", False
+                    out, self.pending, self.inside = out + self.gap + self.pending, "", False
                 return out, calls
             raw, self.pending = self.pending[:j + len(CALL_CLOSE)], self.pending[j + len(CALL_CLOSE):]
             self.inside = False
@@ -104,11 +111,12 @@ class ToolCallSplitter:
                 calls.append(parse_call(raw[len(CALL_OPEN):-len(CALL_CLOSE)], self.names))
                 self.after_call = True
             except ToolCallError:
-                out += raw
+                out += self.gap + raw
 
     def flush(self) -> str:
         """What is still held back once the reply has ended (an unfinished call is text)."""
-        text, self.pending, self.inside = self.pending.rstrip(), "", False
+        text = (self.gap if self.inside else "") + self.pending.rstrip()
+        self.pending, self.inside = "", False
         return text
 
 

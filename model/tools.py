@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from decimal import Context, Decimal
@@ -335,7 +336,9 @@ def mcp_tools(command: list[str], timeout: float = 30.0) -> tuple[list[Tool], Ca
     async def own_session():
         state["task"] = asyncio.current_task()
         params = StdioServerParameters(command=command[0], args=list(command[1:]))
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        # The server's stderr goes to the process's own: the SDK's default binds sys.stderr at its import, which
+        # may be a stream replaced since (under pytest, an old test's closed capture), and needs a real file.
+        async with stdio_client(params, errlog=sys.__stderr__) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             state["session"] = session
             ready.set_result((await session.list_tools()).tools)

@@ -15,6 +15,14 @@ Replies of reasoning models come as `content` (the answer) and `reasoning_conten
 field DeepSeek's API and vLLM use. Bad requests get a 4xx with OpenAI's error object, never a 500.
 `top_k` and `repetition_penalty` are accepted as extensions (vLLM's names).
 
+Tool use is OpenAI's function calling: `tools` are listed in the prompt by the chat template, and the model's
+<tool_call> blocks (model/toolcall.py, the one parser) come back as `message.tool_calls` with finish_reason
+"tool_calls"; `tool` messages and assistant messages with `tool_calls` render back into the prompt. A block
+that is not a valid call of an offered function stays in `content` as text. `tool_choice`: "auto" (the
+default with tools), "none" (tools shown, replies not parsed), "required" or a named function: the server
+writes the start of the call itself (see `read_tool_choice`), since a small model may not choose to.
+`parallel_tool_calls: false` ends the reply at its first call.
+
 RL hand-over (model/rollout.py's ServerRollout, or any trainer written for vLLM/SGLang): /v1/completions takes
 token-id prompts and returns each sampled token's log-prob (`logprobs: 1`, `return_tokens_as_token_ids`). After
 each optimizer step the trainer saves the policy and POSTs {"model_path": ...} to /update_weights_from_disk
@@ -38,7 +46,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,6 +55,7 @@ from model.chat import (Delta, IncrementalDetokenizer, ReplyStream, add_model_ar
                         text_prompt_ids)
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.serving import Engine, SamplingParams
+from model.toolcall import CALL_OPEN, normalize_messages
 
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
 
@@ -97,13 +106,64 @@ class TextPart(Strict):
     text: str
 
 
+class FunctionCall(Strict):
+    name: str
+    arguments: str  # a JSON object as text, as OpenAI sends it; the template writes it into the call as is
+
+
+class ToolCallIn(Strict):
+    """A call of an earlier assistant turn, as the client sends it back."""
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant
+    tool_call_id: str | None = None  # tool: which call this result answers (the template does not show it)
+
+    @model_validator(mode="after")
+    def fields_of_the_role(self):
+        # OpenAI's rules: only an assistant turn may go without content, and then it must hold calls.
+        if self.content is None and self.role == "assistant" and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"content is required in {self.role} messages")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages have tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id")
+        return self
 
     def as_template_dict(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        """For `normalize_messages`, which turns content None into "" and leaves the calls to the template."""
+        text = self.content if not isinstance(self.content, list) else "".join(p.text for p in self.content)
+        message = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        return message
+
+
+class FunctionDef(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for function names
+    description: str | None = None
+    parameters: dict | None = None  # a JSON Schema, shown to the model as given
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class StreamOptions(Strict):
@@ -128,6 +188,9 @@ class GenerationFields(Strict):
 class ChatRequest(GenerationFields):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(GenerationFields):
@@ -159,7 +222,11 @@ class Generation:
     the engine while `events()` is consumed, with their text streams and the token counts for `usage`."""
 
     def __init__(self, state: ServerState, prompts: list[list[int]], body: GenerationFields, max_tokens: int | None,
-                 split_think: bool, logprobs: bool = False):
+                 split_think: bool, logprobs: bool = False, tools: list[str] | None = None, forced: str = "",
+                 one_call: bool = False):
+        """`tools`: names of the functions whose calls are taken out of the replies (None: the replies are
+        text); `forced`: text the prompts end with that is the start of the reply (a forced call);
+        `one_call`: end each reply at its first call."""
         n = body.n or 1
         if n > state.engine.max_batch_size:
             raise ApiError(400, f"n={n}: at most --max_batch_size={state.engine.max_batch_size}", param="n")
@@ -177,7 +244,12 @@ class Generation:
             for index, prompt in enumerate(prompts)]
         self.prompt_tokens = sum(map(len, prompts)) // n
         self.tokenizer = state.tokenizer
-        self.replies = [ReplyStream(state.tokenizer, stop, split_think, prompt) for prompt in prompts]
+        self.replies = [ReplyStream(state.tokenizer, stop, split_think, prompt, tools) for prompt in prompts]
+        for reply in self.replies if forced else ():
+            # past the stop strings (it is our text, not the model's); the call splitter holds the open call
+            # until the model closes it, or releases it as text if it never does
+            reply.route(forced)
+        self.one_call = one_call
         self.tokens = [[] for _ in prompts]  # each choice's tokens, up to the one that finished it
         self.finish_reasons = [None] * len(prompts)
         self.requests = []
@@ -207,11 +279,14 @@ class Generation:
                 reply = self.replies[i]
                 self.tokens[i].append(token)
                 delta = reply.push(token)
-                if reply.stopped:
+                if reply.stopped or (self.one_call and reply.tool_calls):
                     finish = "stop"
                     self.requests[i].cancel()
                 if finish:
                     delta = delta + reply.finish()
+                    # OpenAI's reason for a reply that called: the client runs the calls. A reply cut by
+                    # max_tokens stays "length": its last call may be lost.
+                    finish = "tool_calls" if finish == "stop" and reply.tool_calls else finish
                     self.finish_reasons[i] = finish
                 if delta or finish:
                     yield i, delta, finish
@@ -282,13 +357,61 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def chat_delta(delta: Delta) -> dict:
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def chat_delta(delta: Delta, first_call: int = 0) -> dict:
+    """A stream chunk's delta. A call is sent whole, once it is parsed: OpenAI may send its arguments in
+    pieces, one piece is as valid, and clients (the SDK's stream helpers) accumulate either.
+    `first_call`: the index of this delta's first call among the reply's calls."""
     out = {}
     if delta.reasoning:
         out["reasoning_content"] = delta.reasoning
     if delta.content:
         out["content"] = delta.content
+    if delta.tool_calls:
+        out["tool_calls"] = [{"index": first_call + k, **call.openai(call_id())}
+                             for k, call in enumerate(delta.tool_calls)]
     return out
+
+
+def chat_message(reply: ReplyStream) -> dict:
+    # content is null, not "", when the reply is only calls, as OpenAI sends it
+    message = {"role": "assistant", "content": reply.content or (None if reply.tool_calls else "")}
+    if reply.reasoning:
+        message["reasoning_content"] = reply.reasoning
+    if reply.tool_calls:
+        message["tool_calls"] = [call.openai(call_id()) for call in reply.tool_calls]
+    return message
+
+
+def read_tool_choice(body: ChatRequest) -> tuple[list[str] | None, str]:
+    """(names of the functions whose calls are parsed, None when the replies are text; the text the reply
+    must start with).
+
+    "required" and a named function are what constrained decoding would enforce; its minimal form is to
+    write the call's start ourselves: the prompt ends with `<tool_call>\\n{"name": "` (plus the name and
+    `", "arguments":` when named), and the same text opens the reply before it is parsed. The named prefix
+    stops before the space that follows it in a rendered call: in the tokenizer that space starts the
+    next token (` {`), so a prompt ending in it would be text the model never saw. The rest of the call is
+    the model's: one that does not finish it properly gets its text back as content, like any bad call.
+    """
+    names = [tool.function.name for tool in body.tools or []]
+    choice = body.tool_choice or "auto"
+    if choice == "none" or (choice == "auto" and not names):
+        return None, ""  # the replies are text
+    if choice == "auto":
+        return names, ""
+    if not names:
+        raise ApiError(400, "tool_choice: only allowed when tools are given", param="tool_choice")
+    if choice == "required":
+        return names, f'{CALL_OPEN}\n{{"name": "'
+    if choice.function.name not in names:
+        raise ApiError(400, f"tool_choice: function {choice.function.name!r} is not among the tools",
+                       param="tool_choice.function.name")
+    # a function name is [A-Za-z0-9_-] (FunctionDef): nothing in it to escape for JSON
+    return names, f'{CALL_OPEN}\n{{"name": "{choice.function.name}", "arguments":'
 
 
 async def stream_chunks(gen: Generation, head: dict, choice, first_choices: list, include_usage: bool):
@@ -331,13 +454,23 @@ api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 async def chat_completions(request: Request):
     body = await parse_body(request, ChatRequest)
     state = state_of(request)
-    prompt = chat_prompt_ids(state.tokenizer, [m.as_template_dict() for m in body.messages])
-    gen = Generation(state, [prompt], body, body.max_completion_tokens or body.max_tokens, split_think=True)
+    names, forced = read_tool_choice(body)
+    messages, _ = normalize_messages([m.as_template_dict() for m in body.messages])
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
+    prompt = chat_prompt_ids(state.tokenizer, messages, tools)
+    # The forced text is part of the prompt the model reads (and counts in usage.prompt_tokens).
+    prompt += state.tokenizer(forced, add_special_tokens=False)["input_ids"]
+    gen = Generation(state, [prompt], body, body.max_completion_tokens or body.max_tokens, split_think=True,
+                     tools=names, forced=forced, one_call=body.parallel_tool_calls is False)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": state.model_name,
             "system_fingerprint": None}
     if body.stream:
+        calls_sent = [0] * len(gen.replies)
+
         def choice(i, delta, finish):
-            return {"index": i, "delta": chat_delta(delta), "logprobs": None, "finish_reason": finish}
+            out = {"index": i, "delta": chat_delta(delta, calls_sent[i]), "logprobs": None, "finish_reason": finish}
+            calls_sent[i] += len(delta.tool_calls)
+            return out
 
         first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None} for i in range(len(gen.replies))]
@@ -346,12 +479,8 @@ async def chat_completions(request: Request):
                                                include_usage), media_type="text/event-stream")
     async for _ in gen.events(client=request):
         pass
-    choices = []
-    for i, reply in enumerate(gen.replies):
-        message = {"role": "assistant", "content": reply.content}
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
-        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": gen.finish_reasons[i]})
+    choices = [{"index": i, "message": chat_message(reply), "logprobs": None, "finish_reason": gen.finish_reasons[i]}
+               for i, reply in enumerate(gen.replies)]
     return {**head, "object": "chat.completion", "choices": choices, "usage": gen.usage}
 
 

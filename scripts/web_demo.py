@@ -5,9 +5,14 @@
 The sidebar picks a checkpoint (the .pth files and Hugging Face folders in a folder, out/ by default) and the
 sampling settings. A reasoning model's thinking is folded away in an expander above its answer. A pretrained
 (not chat-tuned) checkpoint continues your text instead of answering it.
+
+Tools: pick demo tools in the sidebar, and/or give the command line of a stdio MCP server (e.g.
+`python scripts/mcp_demo_tools.py`); the model may then call them (model/chat.py's `chat_with_tools`, the loop
+eval_model.py uses), and each call shows folded, with its result, above the answer.
 """
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -15,9 +20,12 @@ import streamlit as st
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
-from model.chat import ReplyStream, add_model_args, chat_prompt_ids, load_chat_model, recent_history, text_prompt_ids
+from demo.tools import demo_tools
+from model.chat import (ReplyStream, add_model_args, call_text, chat_prompt_ids, chat_with_tools, check_tool_names,
+                        load_chat_model, recent_history, text_prompt_ids)
 from model.checkpoint import CheckpointError
 from model.generation import generate_reply
+from model.tools import mcp_tools
 
 
 def checkpoints_in(folder: str) -> list[str]:
@@ -36,8 +44,21 @@ def load(path: str, modified: float):
     return model, tokenizer
 
 
+@st.cache_resource(max_entries=2, show_spinner="Starting the MCP server...", on_release=lambda served: served[1]())
+def mcp_server(command: str):
+    """(tools, close) of a stdio MCP server: started once, kept across reruns, stopped when evicted."""
+    return mcp_tools(shlex.split(command))
+
+
+def show_tool_call(call: dict):
+    with st.expander(f"Tool call: `{call['call']}`"):
+        st.code(call["result"], language=None)
+
+
 def show_message(message: dict):
     with st.chat_message(message["role"]):
+        for call in message.get("calls", []):
+            show_tool_call(call)
         if message.get("reasoning"):
             with st.expander("Thinking"):
                 st.markdown(message["reasoning"])
@@ -46,32 +67,53 @@ def show_message(message: dict):
             st.caption(message["stats"])
 
 
-def answer(model, tokenizer, messages: list[dict], pretrain: bool, history_turns: int, sampling: dict) -> dict:
-    """Stream the reply into the page; return it as a message."""
-    if pretrain:
-        ids = text_prompt_ids(tokenizer, messages[-1]["content"])
-    else:
-        history = recent_history(messages[:-1], history_turns)
-        ids = chat_prompt_ids(tokenizer, [{"role": m["role"], "content": m["content"]} for m in history]
-                              + [messages[-1]])
-    reply = ReplyStream(tokenizer, split_think=not pretrain, prompt_ids=ids)
+def answer(model, tokenizer, messages: list[dict], pretrain: bool, history_turns: int, sampling: dict,
+           tools: list) -> dict:
+    """Stream the reply into the page, through the tool loop when tools are on offer; return it as a message."""
+    schemas, names = [tool.schema() for tool in tools], [tool.name for tool in tools] or None
     with st.chat_message("assistant"):
+        calls_box = st.container()  # the tool calls, above the thinking and the answer of the last reply
         thinking_slot, answer_slot = st.empty(), st.empty()
-        start = time.perf_counter()
-        for delta in generate_reply(model, ids, reply, **sampling):
-            if delta.reasoning:
-                with thinking_slot.container(), st.expander("Thinking", expanded=True):
-                    st.markdown(reply.reasoning)
-            if delta.content:
-                answer_slot.markdown(reply.content + "▌")
-        seconds = time.perf_counter() - start
+        timed, calls = [], []  # (reply, seconds) of each model reply; the calls with their results
+
+        def reply_to(ids):
+            """One model reply, streamed into the thinking and answer slots (a reply after a call replaces
+            the text of the one before: usually empty beside its call)."""
+            reply = ReplyStream(tokenizer, split_think=not pretrain, prompt_ids=ids, tools=names)
+            start = time.perf_counter()
+            for delta in generate_reply(model, ids, reply, **sampling):
+                if delta.reasoning:
+                    with thinking_slot.container(), st.expander("Thinking", expanded=True):
+                        st.markdown(reply.reasoning)
+                if delta.content:
+                    answer_slot.markdown(reply.content + "▌")
+            timed.append((reply, time.perf_counter() - start))
+            return reply
+
+        def on_tool(call, result):
+            calls.append({"call": call_text(call), "result": result})
+            with calls_box:
+                show_tool_call(calls[-1])
+
+        if pretrain:
+            reply = reply_to(text_prompt_ids(tokenizer, messages[-1]["content"]))
+        else:
+            history = recent_history(messages[:-1], history_turns)
+            chat = [{"role": m["role"], "content": m["content"]} for m in history] + [messages[-1]]
+            reply = chat_with_tools(lambda sent: reply_to(chat_prompt_ids(tokenizer, sent, schemas)), chat, tools,
+                                    on_tool=on_tool)
+        thinking_slot.empty()
         if reply.reasoning:  # fold the thinking away once the answer is there
             with thinking_slot.container(), st.expander("Thinking"):
                 st.markdown(reply.reasoning)
         answer_slot.markdown(reply.content)
-        stats = f"{reply.n_tokens} tokens, {reply.n_tokens / seconds:.1f} tokens/s"
+        n_tokens, seconds = sum(r.n_tokens for r, _ in timed), sum(s for _, s in timed)
+        stats = f"{n_tokens} tokens, {n_tokens / seconds:.1f} tokens/s"
+        if reply.tool_calls:
+            stats += f" · stopped: the reply limit ({len(timed)}) came first, the last calls were not run"
         st.caption(stats)
-    return {"role": "assistant", "content": reply.content, "reasoning": reply.reasoning, "stats": stats}
+    return {"role": "assistant", "content": reply.content, "reasoning": reply.reasoning, "calls": calls,
+            "stats": stats}
 
 
 def main():
@@ -88,21 +130,34 @@ def main():
             st.stop()
         default = next((i for i, name in enumerate(names) if name.startswith("full_sft")), 0)
         name = st.selectbox("Model", names, index=default)
+        pretrain = name.startswith("pretrain")
         sampling = {
             "temperature": st.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.85, 0.05),
             "top_p": st.slider("Top-p", 0.05, 1.0, 0.85, 0.05),
             "max_new_tokens": st.slider("Max new tokens", 16, 4096, 512, 16),
         }
         history_turns = st.slider("History turns sent", 0, 10, 2)
+        available = {tool.name: tool for tool in demo_tools()}
+        picked = st.multiselect("Tools", list(available), disabled=pretrain,
+                                help="demo tools the model may call (a chat model trained on tool use)")
+        command = st.text_input("MCP server", "", disabled=pretrain, placeholder="python scripts/mcp_demo_tools.py",
+                                help="the command line of a stdio MCP server: its tools join those picked")
         if st.button("Clear chat"):
             st.session_state.messages = []
+    tools = [] if pretrain else [available[name] for name in picked]
+    try:
+        if command.strip() and not pretrain:
+            tools += mcp_server(command.strip())[0]
+        check_tool_names(tools)
+    except Exception as e:  # a server that does not start (whatever it raised), or a name offered twice
+        st.error(f"Tools: {type(e).__name__}: {e}")
+        st.stop()
     path = os.path.join(folder, name)
     try:
         model, tokenizer = load(path, os.path.getmtime(path))
     except (CheckpointError, OSError) as e:
         st.error(str(e))
         st.stop()
-    pretrain = name.startswith("pretrain")
     st.caption(f"{name} · {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters · {model.device}"
                + (" · pretrained only: it continues your text" if pretrain else ""))
 
@@ -113,7 +168,7 @@ def main():
         message = {"role": "user", "content": prompt}
         st.session_state.messages.append(message)
         show_message(message)
-        reply = answer(model, tokenizer, st.session_state.messages, pretrain, history_turns, sampling)
+        reply = answer(model, tokenizer, st.session_state.messages, pretrain, history_turns, sampling, tools)
         st.session_state.messages.append(reply)
 
 

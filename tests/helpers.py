@@ -3,6 +3,7 @@ corpus and the losses a training run logged."""
 import copy
 import csv
 import json
+import math
 import os
 import random
 from functools import lru_cache
@@ -88,3 +89,40 @@ def perturbed(model, std=0.1, seed=1):
         for p in other.parameters():
             p.add_(torch.randn(p.shape, generator=generator) * std)
     return other
+
+
+def memorizing_model(examples, seed=0, max_steps=400):
+    """A tiny model trained until its greedy reply to each prompt is the given one: `examples` are
+    (prompt ids, reply ids with eos). For replies `scripted_model` cannot say, whose tokens repeat (a tool
+    call's quotes and braces): its next token depends on the current one only, this one reads the context.
+
+    An example that another one's text starts with (a first turn of a longer conversation) shares its row,
+    which keeps the training short. Trained until every reply token has probability > 0.6, so greedy
+    decoding picks it with a margin that batching's rounding cannot flip.
+    """
+    rows = []  # [token ids, which of them are learned]
+    for prompt, reply in sorted(examples, key=lambda e: -len(e[0]) - len(e[1])):
+        text = prompt + reply
+        row = next((r for r in rows if r[0][:len(text)] == text), None)
+        if row is None:
+            rows.append(row := [text, [False] * len(text)])
+        row[1][len(prompt):len(text)] = [True] * len(reply)
+    width = max(len(text) for text, _ in rows)
+    ids = torch.tensor([text + [0] * (width - len(text)) for text, _ in rows])
+    mask = torch.tensor([[1] * len(text) + [0] * (width - len(text)) for text, _ in rows])
+    # positions 0..width-2 that predict a learned token (position t predicts token t + 1), and those tokens
+    predicts = torch.tensor([flags[1:] + [False] * (width - len(flags)) for _, flags in rows])
+    targets = ids[:, 1:][predicts]
+    model = tiny_model(seed).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(max_steps):
+        hidden, _ = model.model(ids, mask)
+        # the head and its softmax on the learned positions only: a few hundred of the batch's ~1,500
+        logp = model.lm_head(hidden[:, :-1][predicts]).float().log_softmax(-1).gather(-1, targets[:, None])
+        if logp.min() > math.log(0.6):
+            return model.eval()
+        optimizer.zero_grad()
+        (-logp.mean()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # at this learning rate: ~5x fewer steps
+        optimizer.step()
+    raise AssertionError(f"the model did not learn its replies in {max_steps} steps")

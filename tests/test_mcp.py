@@ -92,7 +92,7 @@ def test_server_with_the_sdk_client():
 
     async def talk():
         params = StdioServerParameters(command=sys.executable, args=[SERVER, "--seed", "7"])
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        async with stdio_client(params, errlog=sys.__stderr__) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             listed = (await session.list_tools()).tools
             ok = await session.call_tool("lookup", {"name": person.name.en})

@@ -41,6 +41,7 @@ def test_lists_checkpoints_and_says_when_there_are_none(tmp_path):
     app = open_demo(tmp_path)
     assert app.sidebar.selectbox[0].options == ["full_sft_64.pth", "pretrain_64.pth"]
     assert app.sidebar.selectbox[0].value == "full_sft_64.pth"
+    assert app.sidebar.multiselect[0].options == ["calculator", "lookup", "convert"]  # tools: tests/test_chat_tools.py
     app.sidebar.slider[2].set_value(16)
     app.chat_input[0].set_value("你好").run()
     assert not app.exception and len(app.chat_message) == 2
