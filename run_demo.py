@@ -85,8 +85,8 @@ def demo_stages(args) -> list[Stage]:
                    "template but gets almost no answer right (pass@8 near 0), and a group whose replies all "
                    "score alike teaches nothing. Accuracy is greedy replies to the held-out RL prompts."),
         Stage("tool_sft", "train_full_sft.py", sized(h, args.num_hidden_layers) + common + [
-            "--from_weight", ckpt("full_sft"), "--data_path", os.path.join(DEMO, "sft_tools.jsonl"),
-            "--max_steps", "300", "--batch_size", "8", "--learning_rate", "1e-3", "--max_seq_len", "448"],
+            "--from_weight", ckpt("full_sft"), "--save_weight", "tool_sft", "--data_path", os.path.join(DEMO, "sft_tools.jsonl"),
+            "--max_steps", "100", "--batch_size", "4", "--pack", "1", "--max_seq_len", "1024", "--learning_rate", "1e-3"],
               ckpt("tool_sft"),
               note="Tool-use SFT on the SFT model: chats whose system turn offers a calculator, a lookup of the "
                    "world's facts and a unit converter; the replies call them (<tool_call> blocks), read the "
