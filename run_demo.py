@@ -86,20 +86,20 @@ def demo_stages(args) -> list[Stage]:
                    "score alike teaches nothing. Accuracy is greedy replies to the held-out RL prompts."),
         Stage("tool_sft", "train_full_sft.py", sized(h, args.num_hidden_layers) + common + [
             "--from_weight", ckpt("full_sft"), "--save_weight", "tool_sft", "--data_path", os.path.join(DEMO, "sft_tools.jsonl"),
-            "--max_steps", "100", "--batch_size", "4", "--pack", "1", "--max_seq_len", "1024", "--learning_rate", "1e-3"],
+            "--max_steps", "150", "--batch_size", "4", "--pack", "1", "--max_seq_len", "1024", "--learning_rate", "1e-3"],
               ckpt("tool_sft"),
               note="Tool-use SFT on the SFT model: chats whose system turn offers a calculator, a lookup of the "
                    "world's facts and a unit converter; the replies call them (<tool_call> blocks), read the "
                    "results (<tool_response>) and answer, or answer small talk directly."),
         Stage("agent", "train_agent.py", sized(h, args.num_hidden_layers) + common + [
-            "--from_weight", ckpt("tool_sft"), "--max_steps", "20", "--batch_size", "8", "--num_generations", "4",
-            "--max_new_tokens", "48", "--max_tool_turns", "3", "--learning_rate", "1e-4", "--warmup_iters", "2",
-            "--max_seq_len", "448", "--log_interval", "1", "--eval_interval", "10",
-            "--data_path", os.path.join(DEMO, "agent_prompts.jsonl"),
-            "--val_path", os.path.join(DEMO, "agent_prompts_val.jsonl")], ckpt("agent"),
-              note="Agentic RL (CISPO) on the tool-SFT model: each episode runs the model's tool calls in the "
-                   "sandbox and feeds the results back, up to 3 turns; the reward checks the final answer and "
-                   "that every call was valid. Tool results are context only, never trained on."),
+            "--from_weight", ckpt("tool_sft"), "--max_steps", "16", "--batch_size", "4", "--num_generations", "4",
+            "--max_new_tokens", "64", "--max_tool_turns", "3", "--learning_rate", "1e-4", "--warmup_iters", "2",
+            "--max_seq_len", "512", "--log_interval", "1", "--data_path", os.path.join(DEMO, "agent_prompts.jsonl")],
+              ckpt("agent"),
+              note="Agentic RL (CISPO) on the tool-SFT model: 4 episodes for each of 4 prompts per step; each "
+                   "episode runs the model's tool calls in the sandbox and feeds the results back, up to 3 "
+                   "turns; the reward checks the final answer and that every call was valid. Tool results are "
+                   "context only, never trained on. Before and after: the tool-use table above."),
         Stage("student_sft", "train_full_sft.py", student + ["--from_weight", "none", "--max_steps", "150",
                                                              "--learning_rate", "2e-3"],
               ckpt("full_sft", args.student_hidden_size),
@@ -256,7 +256,7 @@ def tool_use(weights: str, args, with_tools: bool) -> dict:
         messages, offered = normalize_messages(row["conversations"])
         messages = [{k: v for k, v in m.items() if k != "tools"} for m in messages]
         prompts.append(chat_prompt_ids(tokenizer, messages, offered if with_tools else None))
-    episodes = greedy_episodes(model, tokenizer, tools, prompts, [list(tools)] * len(rows), 48, 3)
+    episodes = greedy_episodes(model, tokenizer, tools, prompts, [list(tools)] * len(rows), 64, 3)
     by_category, needed, not_needed = {}, [], []
     for row, episode in zip(rows, episodes):
         called = bool(episode.calls)
@@ -376,20 +376,20 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
         if os.path.exists(s.results["curve"]):
             lines += [f"![{s.name} loss]({os.path.relpath(s.results['curve'], os.path.dirname(path))})", ""]
         rl = s.results.get("rl")
-        if rl:
+        if rl and rl.get("passes"):
             p = rl["passes"]
             lines += [f"Before training, pass@{p['G']} on {p['prompts']} training prompts: {pct(p['mixed'])} of the "
                       f"groups mixed (some replies right, some wrong: the ones that teach), {pct(p['none'])} with no "
                       f"right reply, {pct(p['all'])} all right; {pct(p['mean'])} of the replies right.", ""]
-            if rl.get("before"):
-                b, a = rl["before"], rl["after"]
-                lines += ["| held-out RL prompts (greedy) | before | after |", "|---|---|---|",
-                          f"| accuracy | {pct(b['val_accuracy'])} | {pct(a['val_accuracy'])} |",
-                          f"| template followed | {pct(b['val_template'])} | {pct(a['val_template'])} |",
-                          f"| mean reward | {b['val_reward']:.3f} | {a['val_reward']:.3f} |",
-                          f"| reply length (tokens) | {b['val_length']:.1f} | {a['val_length']:.1f} |", ""]
-            if rl.get("curve"):
-                lines += [f"![{s.name} reward]({os.path.relpath(rl['curve'], os.path.dirname(path))})", ""]
+        if rl and rl.get("before"):
+            b, a = rl["before"], rl["after"]
+            lines += ["| held-out RL prompts (greedy) | before | after |", "|---|---|---|",
+                      f"| accuracy | {pct(b['val_accuracy'])} | {pct(a['val_accuracy'])} |",
+                      f"| template followed | {pct(b['val_template'])} | {pct(a['val_template'])} |",
+                      f"| mean reward | {b['val_reward']:.3f} | {a['val_reward']:.3f} |",
+                      f"| reply length (tokens) | {b['val_length']:.1f} | {a['val_length']:.1f} |", ""]
+        if rl and rl.get("curve"):
+            lines += [f"![{s.name} reward]({os.path.relpath(rl['curve'], os.path.dirname(path))})", ""]
         for question, reply in s.results.get("samples", []):
             reply = " ".join(reply.split())[:200]
             lines.append(f"- **Q:** {' '.join(question.split())}  \n  **A:** {reply}")
@@ -444,6 +444,8 @@ def main():
         stage.results = {"seconds": seconds, **training_numbers(stage), **measure(stage, args, rows)}
         if rl:
             stage.results["rl"] = {"passes": passes, **rl_numbers(stage), "curve": reward_curve(stage)}
+        if stage.name == "agent":
+            stage.results["rl"] = {"curve": reward_curve(stage)}
         if stage.name in ("tool_sft", "agent"):
             if stage.name == "tool_sft":
                 stage.results["tools_baseline"] = tool_use(flag(stage, "--from_weight"), args, with_tools=False)

@@ -126,11 +126,15 @@ class ToolRollout:
 
 
 def tool_format_reward(episode: Episode) -> float:
-    """1.0 for an episode whose every <tool_call> block was a valid call of an offered function and which
-    ended with an answer; 0.5 when it answered after a malformed call; 0.0 when it never answered."""
+    """In [0, 1]: 1.0 for an episode that called offered functions validly and then answered; 0.5 for one that
+    answered without calling (a prompt RL trains on is meant to need a tool, and an episode that skips it must
+    not score as well: otherwise, while no answer is right yet, not calling is the easiest way to a perfect
+    format); 0.25 for an answer after a malformed call; 0.0 for no answer (cut off, or out of turns)."""
     if not episode.answered:
         return 0.0
-    return 1.0 if episode.bad_calls == 0 else 0.5
+    if episode.bad_calls:
+        return 0.25
+    return 1.0 if episode.calls else 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,7 +146,8 @@ def add_agent_args(parser):
     --max_tool_turns), as in every script that chats."""
     g = parser.add_argument_group("agentic RL")
     g.add_argument("--tool_format_weight", type=float, default=0.5,
-                   help="reward for valid calls of offered tools and a final answer")
+                   help="reward for valid calls of offered tools and a final answer (half for an answer without "
+                        "a call)")
     g.add_argument("--tool_timeout", type=float, default=5.0, help="seconds a tool may run")
 
 

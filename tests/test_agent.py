@@ -85,6 +85,7 @@ def test_greedy_episode_calls_the_tool_and_answers(caller):
     # A function the prompt does not offer is not called: the block stays text and counts as a bad call.
     [unoffered] = greedy_episodes(caller, tokenizer(), TOOLS, [prompt_ids()], [["lookup"]], 48, 3)
     assert unoffered.calls == [] and unoffered.bad_calls == 1 and unoffered.answered
+    assert tool_format_reward(unoffered) == 0.25
 
 
 def test_tool_tokens_are_context_and_logprobs_line_up(caller):

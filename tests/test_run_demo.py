@@ -36,3 +36,23 @@ def test_report_card_shows_an_rl_stage_before_and_after(tmp_path):
     text = path.read_text()
     assert "pass@8 on 64 training prompts: 62.5% of the groups mixed" in text
     assert "| accuracy | 10.0% | 20.0% |" in text and "| template followed | 50.0% | 75.0% |" in text
+
+
+def test_report_card_shows_the_tool_use_table(tmp_path):
+    def tools(acc, needed, quiet):
+        return {"accuracy": {"arithmetic": acc, "overall": acc}, "called_when_needed": needed, "quiet_when_not": quiet,
+                "samples": [("What is 347 + 589?", ['calculator({"expression": "347 + 589"}) → 936'], "936.")]}
+    base = {"seconds": 60.0, "steps": 10, "tokens": 1000, "tok_per_s": 500.0, "train_loss": 0.5,
+            "curve": str(tmp_path / "none.png")}
+    sft = Stage("tool_sft", "train_full_sft.py", [], "t.pth", results={**base, "tools_baseline": tools(0.0, 0.0, 1.0),
+                                                                        "tools": tools(0.5, 0.9, 0.8)})
+    agent = Stage("agent", "train_agent.py", [], "a.pth", results={**base, "tools": tools(0.75, 1.0, 0.9),
+                                                                    "rl": {"curve": None}})
+    args = argparse.Namespace(preset="demo", hidden_size=256, num_hidden_layers=4, device="cpu", nproc=1)
+    path = tmp_path / "report.md"
+    write_report([sft, agent], args, str(path), 60.0)
+    text = path.read_text()
+    assert "| full_sft (no tools) | 0.0% | 0.0% | 0.0% | 100.0% |" in text
+    assert "| tool_sft (tools) | 50.0% | 50.0% | 90.0% | 80.0% |" in text
+    assert "| agent (tools) | 75.0% | 75.0% | 100.0% | 90.0% |" in text
+    assert '**call:** `calculator({"expression": "347 + 589"}) → 936`' in text
