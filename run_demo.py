@@ -1,6 +1,6 @@
 """The whole MiniMind chain in one command, with a report card.
 
-    python run_demo.py                                     # CPU, ~15 minutes: bundled demo data, demo-size model
+    python run_demo.py                                     # CPU, ~20 minutes: bundled demo data, demo-size model
     python run_demo.py --preset full --data_dir dataset --device cuda --nproc 8    # published data, 512 x 8
 
 Each stage is the ordinary train_*.py script, run as a subprocess (under torchrun when --nproc > 1) with the
@@ -85,8 +85,9 @@ def demo_stages(args) -> list[Stage]:
                    "template but gets almost no answer right (pass@8 near 0), and a group whose replies all "
                    "score alike teaches nothing. Accuracy is greedy replies to the held-out RL prompts."),
         Stage("tool_sft", "train_full_sft.py", sized(h, args.num_hidden_layers) + common + [
-            "--from_weight", ckpt("full_sft"), "--save_weight", "tool_sft", "--data_path", os.path.join(DEMO, "sft_tools.jsonl"),
-            "--max_steps", "150", "--batch_size", "4", "--pack", "1", "--max_seq_len", "1024", "--learning_rate", "1e-3"],
+            "--from_weight", ckpt("full_sft"), "--save_weight", "tool_sft",
+            "--data_path", os.path.join(DEMO, "sft_tools.jsonl"), "--max_steps", "150", "--batch_size", "4",
+            "--pack", "1", "--max_seq_len", "1024", "--learning_rate", "1e-3"],
               ckpt("tool_sft"),
               note="Tool-use SFT on the SFT model: chats whose system turn offers a calculator, a lookup of the "
                    "world's facts and a unit converter; the replies call them (<tool_call> blocks), read the "
@@ -397,7 +398,8 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
             lines += ["", "Held-out episodes with tools:", ""]
             for question, calls, answer in s.results["tools"]["samples"]:
                 steps = "".join(f"  \n  **call:** `{c}`" for c in calls)
-                lines.append(f"- **Q:** {' '.join(question.split())}{steps}  \n  **A:** {' '.join(answer.split())[:200]}")
+                answer = " ".join(answer.split())[:200]
+                lines.append(f"- **Q:** {' '.join(question.split())}{steps}  \n  **A:** {answer}")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 

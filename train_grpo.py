@@ -110,8 +110,9 @@ def train(parser, args, data: str, tools: dict):
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, evaluate_fn=evaluate_fn,
                       steps_per_batch=args.num_iterations)
     if tools:
-        rollout_engine = ToolRollout(model, tokenizer, tools, args.max_new_tokens, args.max_tool_turns, args.temperature,
-                                     args.top_p, seed=args.seed, rank=run.rank, tool_timeout=args.tool_timeout)
+        rollout_engine = ToolRollout(model, tokenizer, tools, args.max_new_tokens, args.max_tool_turns,
+                                     args.temperature, args.top_p, seed=args.seed, rank=run.rank,
+                                     tool_timeout=args.tool_timeout)
     else:
         rollout_engine = make_rollout(args, model, tokenizer, run.rank,
                                       session.checkpoints.weights_path.replace(".pth", "_rollout.pth"))

@@ -39,7 +39,8 @@ def add_model_args(parser):
     """Flags that pick the model, with the same names in every script that talks to one."""
     g = parser.add_argument_group("model")
     g.add_argument("--model_mode", type=int, default=1, choices=range(len(STAGES)),
-                   help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor, 6 tool_sft, 7 agent: picks "
+                   help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor, 6 tool_sft, "
+                        "7 agent: picks "
                         "out/<stage>_<hidden>.pth")
     g.add_argument("--out_dir", default="out", help="where the .pth checkpoints are")
     g.add_argument("--hidden_size", type=int, default=None,

@@ -34,7 +34,8 @@ class ToolCall:
 
     def text(self) -> str:
         """The block as the chat template renders a call whose arguments are an object."""
-        return f"{CALL_OPEN}\n{json.dumps({'name': self.name, 'arguments': self.arguments}, ensure_ascii=False)}\n{CALL_CLOSE}"
+        body = json.dumps({"name": self.name, "arguments": self.arguments}, ensure_ascii=False)
+        return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
 
     def openai(self, call_id: str) -> dict:
         """OpenAI's `tool_calls` entry: the arguments as a JSON string."""
@@ -98,7 +99,8 @@ class ToolCallSplitter:
                     self.said = self.said or bool(out)
                     return out, calls
                 before = self.pending[:i].rstrip()
-                out, self.gap, self.pending, self.inside = out + before, self.pending[len(before):i], self.pending[i:], True
+                out, self.gap = out + before, self.pending[len(before):i]
+                self.pending, self.inside = self.pending[i:], True
                 self.said = self.said or bool(out)
             j = self.pending.find(CALL_CLOSE)
             if j < 0:

@@ -117,7 +117,8 @@ def test_train_agent_runs_and_saves(caller, tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"conversations": QUESTION, "answer": "156"}) + "\n" for _ in range(8)),
                     encoding="utf-8")
-    run_script(train_agent, "--out_dir", str(tmp_path), "--hidden_size", "64", "--data_path", str(data), "--val_path", str(data),
+    run_script(train_agent, "--out_dir", str(tmp_path), "--hidden_size", "64", "--data_path", str(data),
+               "--val_path", str(data),
                "--eval_samples", "2", "--device", "cpu", "--dtype", "float32", "--max_seq_len", "512",
                "--batch_size", "2", "--num_generations", "4", "--max_new_tokens", "48", "--max_steps", "2",
                "--learning_rate", "1e-4", "--log_interval", "1")

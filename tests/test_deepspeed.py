@@ -37,6 +37,7 @@ def train(*args):
     return result
 
 
+@pytest.mark.slow  # ~2 minutes on 2 cores, most of it building DeepSpeed's CPU communication op on a fresh machine
 def test_zero2_on_two_processes_matches_ddp_and_resumes_after_kill_9(tmp_path):
     data = write_corpus(tmp_path / "train.jsonl", n=400)
     ddp = tmp_path / "ddp"
