@@ -72,6 +72,13 @@ def weights_path(args) -> str:
 CHECKPOINT_NAME = re.compile(rf"^({'|'.join(STAGES)})_(\d+)(_moe)?\.pth$")
 
 
+def is_model_file(name: str) -> bool:
+    """A .pth that holds a model to talk to: not a training run's resume state, an RL run's weight hand-over
+    copy, or a PPO critic."""
+    return name.endswith(".pth") and not name.endswith(("_resume.pth", "_rollout.pth")) \
+        and not name.startswith("ppo_critic_")
+
+
 def describe_out_dir(out_dir: str) -> str:
     """What the user could load from `out_dir`, each with the flags that pick it."""
     if not os.path.isdir(out_dir):
@@ -83,7 +90,7 @@ def describe_out_dir(out_dir: str) -> str:
             stage, hidden, moe = match.groups()
             flags = f"--model_mode {STAGES.index(stage)} --hidden_size {hidden}{' --use_moe 1' if moe else ''}"
             lines.append(f"  {name:32s} {flags}")
-        elif name.endswith(".pth"):
+        elif is_model_file(name):
             lines.append(f"  {name:32s} --load_from {os.path.join(out_dir, name)}")
         elif os.path.isfile(os.path.join(out_dir, name, "config.json")):
             lines.append(f"  {name + '/':32s} --load_from {os.path.join(out_dir, name)}")

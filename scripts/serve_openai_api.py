@@ -46,7 +46,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.exceptions import HTTPException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,8 +177,16 @@ class GenerationFields(Strict):
     temperature: Annotated[float | None, Field(ge=0, le=2)] = None
     top_p: Annotated[float | None, Field(ge=0, le=1)] = None
     top_k: Annotated[int | None, Field(ge=0)] = None
-    repetition_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    # Seen tokens' logits are divided (or multiplied) by it: 1e-300 turned them into inf and emptied the reply.
+    repetition_penalty: Annotated[float | None, Field(ge=0.5, le=2)] = None
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def at_most_four_stops(cls, stop):
+        if isinstance(stop, list) and len(stop) > 4:  # said here: as a union, pydantic would blame the str form
+            raise ValueError(f"at most 4 stop sequences, got {len(stop)}")
+        return stop
     seed: Annotated[int | None, Field(ge=-2**63, lt=2**64)] = None
     n: Annotated[int | None, Field(ge=1, le=128)] = None
     stream: bool | None = None
@@ -441,8 +449,9 @@ def require_key(request: Request):
     key = state_of(request).api_key
     if key is None:
         return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # The scheme is case-insensitive (RFC 9110): "bearer <key>" is as good as "Bearer <key>".
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
         raise ApiError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
                        code="invalid_api_key")
 

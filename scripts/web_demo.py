@@ -22,17 +22,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from demo.tools import demo_tools
 from model.chat import (ReplyStream, add_model_args, call_text, chat_prompt_ids, chat_with_tools, check_tool_names,
-                        load_chat_model, recent_history, text_prompt_ids)
+                        is_model_file, load_chat_model, recent_history, text_prompt_ids)
 from model.checkpoint import CheckpointError
 from model.generation import generate_reply
 from model.tools import mcp_tools
 
 
 def checkpoints_in(folder: str) -> list[str]:
-    """Names of the .pth files and Hugging Face folders (those with a config.json) in `folder`."""
+    """Names of the model .pth files (not resume states) and Hugging Face folders (those with a config.json)."""
     if not os.path.isdir(folder):
         return []
-    return sorted(name for name in os.listdir(folder) if name.endswith(".pth")
+    return sorted(name for name in os.listdir(folder) if is_model_file(name)
                   or os.path.isfile(os.path.join(folder, name, "config.json")))
 
 

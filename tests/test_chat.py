@@ -115,11 +115,14 @@ def test_eval_model_pretrain_mode_continues_text(tmp_path, capsys):
 def test_eval_model_missing_or_mismatched_checkpoint_says_what_to_try(tmp_path):
     import eval_model
     save_checkpoint(tiny_model(), tmp_path, "pretrain")
+    (tmp_path / "pretrain_64_resume.pth").write_bytes(b"")  # a run's resume state: not offered as a model
+    (tmp_path / "student.pth").write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
         eval_model.main(["--model_mode", "1", "--out_dir", str(tmp_path), "--device", "cpu"])
     message = str(exit_info.value.code)
     assert "full_sft_512.pth not found" in message
     assert "pretrain_64.pth" in message and "--model_mode 0 --hidden_size 64" in message
+    assert "student.pth" in message and "_resume" not in message
 
     with pytest.raises(SystemExit) as exit_info:  # the right file, forced into the wrong shape
         eval_model.main(["--model_mode", "0", "--out_dir", str(tmp_path), "--hidden_size", "64",

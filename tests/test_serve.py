@@ -201,6 +201,24 @@ def test_api_key_is_required_when_set(scripted_server):
     assert status == 401 and body["error"]["type"] == "invalid_request_error"
     assert client(scripted_server, KEY).models.list().data[0].id == "tiny"
     assert health(scripted_server)["status"] == "ok"  # health checks need no key
+    for header in (f"bearer {KEY}", f"BEARER {KEY}"):  # the scheme is case-insensitive; the key is not
+        request = urllib.request.Request(scripted_server + "/v1/models", headers={"Authorization": header})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    for header in (f"Bearer {KEY.upper()}", f"Basic {KEY}", KEY):
+        request = urllib.request.Request(scripted_server + "/v1/models", headers={"Authorization": header})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+
+
+def test_limits_are_named_in_the_error(random_server):
+    status, body = raw_post(random_server, "/v1/chat/completions",
+                            {"messages": USER, "stop": ["a", "b", "c", "d", "e"]})
+    assert status == 400 and "at most 4 stop sequences, got 5" in body["error"]["message"]
+    assert body["error"]["param"] == "stop"
+    status, body = raw_post(random_server, "/v1/chat/completions", {"messages": USER, "repetition_penalty": 1e-300})
+    assert status == 400 and body["error"]["param"] == "repetition_penalty"
 
 
 def test_completions_and_models(random_server):
@@ -294,6 +312,8 @@ BAD_CHAT = {
     "n above the batch": {"messages": USER, "n": 50},
     "stop not text": {"messages": USER, "stop": 5},
     "too many stops": {"messages": USER, "stop": ["a", "b", "c", "d", "e"]},
+    "repetition_penalty near zero": {"messages": USER, "repetition_penalty": 1e-300},
+    "repetition_penalty huge": {"messages": USER, "repetition_penalty": 100},
     "seed not a number": {"messages": USER, "seed": "x"},
     "stream not a bool": {"messages": USER, "stream": "yes"},
 }

@@ -38,6 +38,8 @@ def test_lists_checkpoints_and_says_when_there_are_none(tmp_path):
     assert "No checkpoints" in app.sidebar.info[0].value
     save_checkpoint(tiny_model(), tmp_path, "pretrain")
     save_checkpoint(tiny_model(), tmp_path, "full_sft")
+    for other in ("full_sft_64_resume.pth", "grpo_64_rollout.pth", "ppo_critic_64.pth"):  # not models to talk to
+        (tmp_path / other).write_bytes(b"")
     app = open_demo(tmp_path)
     assert app.sidebar.selectbox[0].options == ["full_sft_64.pth", "pretrain_64.pth"]
     assert app.sidebar.selectbox[0].value == "full_sft_64.pth"
