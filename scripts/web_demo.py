@@ -1,9 +1,13 @@
 """Chat with a MiniMind model in the browser. The model runs inside this app: no API server needed.
 
-    streamlit run scripts/web_demo.py            # then open http://localhost:8501
+    streamlit run scripts/web_demo.py                       # then open http://localhost:8501
+    streamlit run scripts/web_demo.py -- --out_dir out/demo # another checkpoint folder
 
-The sidebar picks a checkpoint (the .pth files and Hugging Face folders in a folder, out/ by default) and the
-sampling settings. A reasoning model's thinking is folded away in an expander above its answer. A pretrained
+It listens on 127.0.0.1 only (.streamlit/config.toml, read when started from the repository root), like the API
+server; `--server.address 0.0.0.0` opens it to the network.
+
+The sidebar picks a checkpoint (the model .pth files and Hugging Face folders in a folder, out/ by default; the
+newest of the largest chat models first) and the sampling settings. A reasoning model's thinking is folded away in an expander above its answer. A pretrained
 (not chat-tuned) checkpoint continues your text instead of answering it.
 
 Tools: pick demo tools in the sidebar, and/or give the command line of a stdio MCP server (e.g.
@@ -116,20 +120,33 @@ def answer(model, tokenizer, messages: list[dict], pretrain: bool, history_turns
             "stats": stats}
 
 
+def default_model(folder: str, names: list[str]) -> int:
+    """Index of the model to offer first: the newest of the largest chat models (a pretrained model only
+    continues text; the alphabetically first file was often a tiny distillation student)."""
+    def rank(name):
+        path = os.path.join(folder, name)
+        size = os.path.getsize(path) if os.path.isfile(path) else sum(
+            os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        return not name.startswith("pretrain"), size, os.path.getmtime(path)
+    return max(range(len(names)), key=lambda i: rank(names[i]))
+
+
 def main():
+    parser = argparse.ArgumentParser(description="MiniMind web chat")
+    parser.add_argument("--out_dir", default="out", help="the checkpoint folder shown first")
+    flags, _ = parser.parse_known_args()  # `streamlit run scripts/web_demo.py -- --out_dir out/demo`
     st.set_page_config(page_title="MiniMind", layout="centered")
     st.session_state.setdefault("messages", [])
     with st.sidebar:
         st.title("MiniMind")
-        folder = st.text_input("Checkpoint folder", "out")
+        folder = st.text_input("Checkpoint folder", flags.out_dir)
         folder = folder if os.path.isabs(folder) else os.path.join(ROOT, folder)
         names = checkpoints_in(folder)
         if not names:
             st.info(f"No checkpoints in {folder}: train a stage first (e.g. train_pretrain.py, "
                     "train_full_sft.py), or point to another folder.")
             st.stop()
-        default = next((i for i, name in enumerate(names) if name.startswith("full_sft")), 0)
-        name = st.selectbox("Model", names, index=default)
+        name = st.selectbox("Model", names, index=default_model(folder, names))
         pretrain = name.startswith("pretrain")
         sampling = {
             "temperature": st.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.85, 0.05),

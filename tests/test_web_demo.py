@@ -1,11 +1,14 @@
 """The Streamlit web demo, driven by Streamlit's own test harness on a tiny checkpoint."""
 import os
+import re
+import subprocess
+import sys
 
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import save_checkpoint, scripted_model, tiny_model
+from tests.helpers import ROOT, save_checkpoint, scripted_model, tiny_model
 
-APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "web_demo.py")
+APP = os.path.join(ROOT, "scripts", "web_demo.py")
 
 
 def open_demo(folder):
@@ -42,8 +45,26 @@ def test_lists_checkpoints_and_says_when_there_are_none(tmp_path):
         (tmp_path / other).write_bytes(b"")
     app = open_demo(tmp_path)
     assert app.sidebar.selectbox[0].options == ["full_sft_64.pth", "pretrain_64.pth"]
-    assert app.sidebar.selectbox[0].value == "full_sft_64.pth"
+    assert app.sidebar.selectbox[0].value == "full_sft_64.pth"  # a chat model before a pretrained one
     assert app.sidebar.multiselect[0].options == ["calculator", "lookup", "convert"]  # tools: tests/test_chat_tools.py
     app.sidebar.slider[2].set_value(16)
     app.chat_input[0].set_value("你好").run()
     assert not app.exception and len(app.chat_message) == 2
+
+
+def test_offers_the_newest_of_the_largest_chat_models_first(tmp_path):
+    save_checkpoint(tiny_model(), tmp_path, "reason")
+    save_checkpoint(tiny_model(), tmp_path, "full_sft")
+    os.utime(tmp_path / "reason_64.pth", (1e9, 1e9))  # older than full_sft_64, the same size
+    # a distillation student: newest, and alphabetically first, but small
+    save_checkpoint(tiny_model(hidden_size=32, num_attention_heads=2, num_key_value_heads=1), tmp_path, "full_sft")
+    app = open_demo(tmp_path)
+    assert app.sidebar.selectbox[0].options == ["full_sft_32.pth", "full_sft_64.pth", "reason_64.pth"]
+    assert app.sidebar.selectbox[0].value == "full_sft_64.pth"
+
+
+def test_listens_on_this_machine_only():
+    """`streamlit run` from the repository root reads .streamlit/config.toml: 127.0.0.1, as the API server."""
+    shown = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60).stdout
+    assert re.search(r'^address = "127\.0\.0\.1"$', shown, re.M)
