@@ -8,7 +8,8 @@ A model turn is sampled until eos (<|im_end|>). If its text holds tool calls (mo
 turns are left, each call runs in the sandbox (model/tools.py `run_call`: pure functions, a time limit, a size
 limit), and the results are appended exactly as the chat template renders them: the rest of the assistant
 turn's line, a user turn of <tool_response> blocks, and the next assistant header. Then the model goes on.
-The episode ends at a turn without calls (the answer), a turn cut at --max_new_tokens, or after max_turns.
+The episode ends at a turn without calls (the answer), a turn cut at --max_new_tokens, or after
+--max_tool_turns turns.
 
 For training, the episode is one completion: the model's own tokens are learned (`learn` True, with the
 log-probs they were sampled with), the appended tool tokens are context only (`learn` False): a policy is
