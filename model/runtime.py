@@ -1,6 +1,7 @@
 """Run setup shared by every train_*.py: the common flags, and the device, dtype and process group a run
 uses (CUDA > MPS > CPU; torchrun's environment means DDP: NCCL on CUDA, gloo on CPU; DeepSpeed)."""
 import argparse
+import math
 import os
 import random
 import sys
@@ -124,8 +125,36 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def check_common_args(args):
+    """One line naming the flag, and exit, for a value no run can use: checked before anything is loaded or
+    written (a bad --max_seq_len used to crash mid-setup, after the previous run's log was overwritten)."""
+    def bad(flag, why):
+        sys.exit(f"error: --{flag} {getattr(args, flag)}: {why}")
+
+    at_least = {"max_seq_len": 2, "batch_size": 1, "epochs": 1, "accumulation_steps": 1, "log_interval": 1,
+                "save_interval": 1, "max_steps": 0, "warmup_iters": 0, "eval_interval": 0, "eval_batches": 1,
+                "num_workers": 0}
+    for flag, low in at_least.items():
+        if getattr(args, flag, low) < low:
+            bad(flag, f"must be at least {low}")
+    for flag in ("learning_rate", "weight_decay", "grad_clip", "min_lr_ratio"):
+        value = getattr(args, flag, 0.0)
+        if not math.isfinite(value) or value < 0:
+            bad(flag, "must be a finite number >= 0")
+    if args.learning_rate == 0:
+        bad("learning_rate", "must be above 0")
+    path = getattr(args, "tokenizer_path", None)
+    if path and not os.path.isdir(path):
+        bad("tokenizer_path", "no such folder (a tokenizer folder with tokenizer.json)")
+    try:
+        torch.device(args.device) if args.device != "auto" else None
+    except RuntimeError:
+        bad("device", "expected auto, cpu, cuda, cuda:N or mps")
+
+
 def setup_run(args) -> Run:
     """Start the run: torchrun's environment means DDP (NCCL on CUDA, gloo on CPU)."""
+    check_common_args(args)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(args.device)

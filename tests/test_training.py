@@ -21,6 +21,7 @@ from model.runtime import Run, add_common_args
 from model.session import Session
 
 from tests.helpers import ROOT, TOKENIZER, losses, write_corpus
+from tests.test_lora import run_script
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
         "--dtype", "float32", "--device", "cpu", "--log_interval", "1", "--eval_batches", "2"]
 
@@ -277,3 +278,23 @@ def test_compile_flag_compiles_the_model_and_trains_like_eager():
             losses[name].append(loss.item())
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert losses["eager"][2] < losses["eager"][0]  # it learned
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_seq_len", "0"], "--max_seq_len 0: must be at least 2"),
+    (["--max_seq_len", "-5"], "--max_seq_len -5: must be at least 2"),
+    (["--batch_size", "0"], "--batch_size 0: must be at least 1"),
+    (["--learning_rate", "nan"], "--learning_rate nan: must be a finite number >= 0"),
+    (["--learning_rate", "0"], "--learning_rate 0.0: must be above 0"),
+    (["--device", "foo"], "--device foo: expected auto, cpu, cuda, cuda:N or mps"),
+    (["--tokenizer_path", "/missing"], "--tokenizer_path /missing: no such folder"),
+])
+def test_bad_flags_stop_with_one_line_before_anything_is_written(tmp_path, flags, message):
+    import train_pretrain
+    log = tmp_path / "pretrain_32_log.csv"
+    log.write_text("the previous run's log\n")
+    with pytest.raises(SystemExit) as stopped:
+        run_script(train_pretrain, "--out_dir", str(tmp_path), "--hidden_size", "32", "--num_hidden_layers", "1",
+                   *flags)
+    assert str(stopped.value.code).startswith(f"error: {message}") and "\n" not in str(stopped.value.code)
+    assert log.read_text() == "the previous run's log\n" and sorted(p.name for p in tmp_path.iterdir()) == [log.name]
