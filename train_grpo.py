@@ -41,9 +41,10 @@ import torch
 
 from demo import data_paths
 from demo.tools import demo_tools
-from model.agent import ToolRollout, add_agent_args, check_offered, evaluate_agent, sample_episodes
+from model.agent import ToolRollout, add_agent_args, evaluate_agent, sample_episodes
 from model.chat import add_tool_args, open_tools
 from model.checkpoint import build_model
+from model.dataset import DataError
 from model.losses import token_entropy, token_logprobs
 from model.rewards import add_reward_args
 from model.rl import group_advantages, policy_loss
@@ -96,10 +97,10 @@ def train(parser, args, data: str, tools: dict):
 
     train_path, val_path = data_paths(args.data_path, args.val_path, data)
     tokenizer, train_data, val_data, rewards = prepare_rl(args, run, train_path, val_path)
-    if tools:
+    for data in filter(None, (train_data, val_data) if tools else ()):
         try:
-            check_offered([train_data, val_data], tools)
-        except ValueError as e:
+            data.check_tools(tools)
+        except DataError as e:
             parser.error(str(e))
     model = build_model(args, run, tokenizer)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if args.beta else None  # before any resume

@@ -152,17 +152,6 @@ def add_agent_args(parser):
     g.add_argument("--tool_timeout", type=float, default=5.0, help="seconds a tool may run")
 
 
-def check_offered(datasets, tools: dict):
-    """Every function a prompt offers must be one the rollouts can run: checked before anything trains."""
-    for data in filter(None, datasets):
-        for k in range(len(data)):
-            missing = set(data[k]["tools"]) - set(tools)
-            if missing:
-                lineno, _ = data.index.line(k)
-                raise ValueError(f"{data.path}:{lineno}: offers {', '.join(sorted(missing))}, which --tools / --mcp "
-                                 f"do not provide (have: {', '.join(tools) or 'none'})")
-
-
 def score_episodes(rollout: AgentRollout, rewards, prompts, answers, group_size: int, tool_format_weight: float):
     """(total reward per episode (N,), {component: (N,)}): the rule rewards on each episode's final answer and
     the model's own tokens, plus the tool-format reward."""

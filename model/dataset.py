@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .reasoning import TAGS as REASON_TAGS
-from .toolcall import ToolCallError, normalize_messages
+from .toolcall import ToolCallError, normalize_messages, tool_names
 
 IGNORE = -100  # label of a token the loss skips (the default ignore_index of cross_entropy)
 ROLES = ("system", "user", "assistant", "tool")
@@ -462,8 +462,7 @@ class RLPromptDataset(_ChatDataset):
         answer = row.get("answer", "")
         if not isinstance(answer, (str, int, float)):
             raise DataError(f"field 'answer' must be a string or number, got {type(answer).__name__}")
-        names = [(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)]
-        return {"prompt": prompt, "prompt_ids": torch.tensor(ids), "answer": str(answer), "tools": names}
+        return {"prompt": prompt, "prompt_ids": torch.tensor(ids), "answer": str(answer), "tools": tool_names(tools)}
 
     def check_answers(self):
         """Raise DataError naming the first line without a target answer (the accuracy reward needs one on
@@ -476,6 +475,20 @@ class RLPromptDataset(_ChatDataset):
                 continue  # a malformed line is reported (or skipped) when it is read
             if answer is None or str(answer).strip() == "":
                 raise DataError(f"{self.path}:{lineno}: no 'answer' (the accuracy reward needs a target on every row)")
+
+    def check_tools(self, available):
+        """Raise DataError naming the first line whose system turn offers a function not in `available` (the
+        rollouts could not run its calls): a scan of the raw rows, no tokenizing, as check_answers."""
+        for k in range(len(self)):
+            lineno, raw = self.index.line(k)
+            try:
+                messages = get_field(parse_row(raw), "conversations", list)
+                missing = sorted(set(tool_names(chat_messages(messages)[1])) - set(available))
+            except DataError:
+                continue  # a malformed line is reported (or skipped) when it is read
+            if missing:
+                raise DataError(f"{self.path}:{lineno}: offers {', '.join(missing)}, which --tools / --mcp do not "
+                                f"provide (have: {', '.join(available) or 'none'})")
 
     def collate(self, batch):
         """A batch as lists: the prompts' token ids (unpadded: the rollout engine takes each as it is), their

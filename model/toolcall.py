@@ -134,6 +134,12 @@ def tool_response(content: str) -> str:
     return f"{RESPONSE_OPEN}\n{content}\n{RESPONSE_CLOSE}"
 
 
+def tool_names(tools) -> list[str]:
+    """The function names of OpenAI `tools` entries ({"type": "function", "function": {...}}) or bare
+    function schemas."""
+    return [(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)]
+
+
 def normalize_messages(messages: list) -> tuple[list, list | None]:
     """minimind's jsonl (and OpenAI's requests) → messages the chat template renders, and the tools on offer.
 
