@@ -1,9 +1,12 @@
 """Checkpoint files: weights written atomically with a JSON meta beside them, read back strictly (a checkpoint
 that does not fit the model is an error that says what is wrong, never a `strict=False` load that silently
 leaves the model random), and a stage's model built from the previous stage's checkpoint."""
+import glob
+import hashlib
 import json
 import os
 import sys
+import warnings
 
 import torch
 
@@ -15,6 +18,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the model as asked."""
 
 
+def load_failure(error: Exception) -> str:
+    """One line for why torch.load refused a file (its own messages run to a dozen lines)."""
+    text = str(error)
+    if "WeightsUnpickler error" in text:  # random bytes, or a pickle holding more than tensors (never run)
+        detail = next((line.strip() for line in text.split("WeightsUnpickler error:")[1].splitlines()
+                       if line.strip()), "")
+        return ("not a weights-only torch file: corrupt, or a pickle with objects besides tensors, which is never "
+                f"run ({detail})")
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "truncated or corrupt (its zip archive is incomplete)"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
 def read_state_dict(path: str) -> dict:
     """Tensors of a `.pth` (plain state dict, or a dict holding one under `model`) or `.safetensors` file."""
     if not os.path.exists(path):
@@ -23,9 +39,11 @@ def read_state_dict(path: str) -> dict:
         from safetensors.torch import load_file
         return load_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "pickle protocol 4" warnings precede the real error for foreign files
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, pickle with code in it, not a torch file at all
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({e})") from e
+        raise CheckpointError(f"{path}: cannot be read: {load_failure(e)}") from e
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict):
@@ -127,16 +145,70 @@ def save_weights(model: torch.nn.Module, path: str, meta: dict, dtype=torch.floa
             cast = dtype if value.is_floating_point() else value.dtype
             converted[value.data_ptr()] = value.detach().to("cpu", cast).clone()
         state[key] = converted[value.data_ptr()]
+    save_pair(state, path, {"config": model.config.to_dict(), **meta})
+
+
+def save_pair(state: dict, path: str, meta: dict):
+    """Weights, then their JSON meta holding the weights file's SHA-256: each write is atomic, and a kill
+    between the two leaves a pair that `read_meta` recognises as mismatched instead of trusting it."""
     atomic_torch_save(state, path)
-    atomic_json_save({"config": model.config.to_dict(), **meta}, meta_path(path))
+    atomic_json_save({**meta, "weights_sha256": file_sha256(path)}, meta_path(path))
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_meta(weights_path: str) -> dict | None:
+    """The JSON meta beside a weights file (None without one). A meta written for another save of the
+    weights (a save killed between its two files) is an error, never silently paired with them."""
     path = meta_path(weights_path)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable meta ({e})") from e
+    digest = meta.get("weights_sha256")  # absent in metas written before the pair check, and in downloads
+    if digest and os.path.exists(weights_path) and file_sha256(weights_path) != digest:
+        raise CheckpointError(f"{path} describes another save than {weights_path} (a save was interrupted "
+                              f"between the two files): rerun the stage with --resume to write both again")
+    return meta
+
+
+def nonfinite_weights(model: torch.nn.Module, dtype=torch.float16) -> int:
+    """Values that are NaN/inf, or beyond what `dtype` holds (fp16 tops out at 65504): a model that would
+    be saved full of inf. Checked before every save."""
+    limit = torch.finfo(dtype).max if dtype.is_floating_point else float("inf")
+    return sum(int((~torch.isfinite(p) | (p.abs() > limit)).sum()) for p in unwrap(model).state_dict().values()
+               if p.is_floating_point())
+
+
+def remove_stale_temp_files(*paths: str) -> list[str]:
+    """Delete `<path>.tmp<PID>` files that saves of dead processes left behind (kill -9 mid-write)."""
+    removed = []
+    for path in paths:
+        for tmp in glob.glob(glob.escape(path) + ".tmp*"):
+            pid = tmp.rsplit(".tmp", 1)[1]
+            if pid.isdigit() and not process_alive(int(pid)):
+                os.remove(tmp)
+                removed.append(tmp)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,10 +1,13 @@
 """Training progress: one line per log step, a CSV and a loss-curve PNG in the output folder, optional wandb."""
 import csv
+import io
 import math
 import os
 import time
 
 import torch
+
+from .checkpoint import atomic_write
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common GPUs; others report no MFU rather than a made-up one.
 GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
@@ -104,13 +107,25 @@ class Logger:
         if not run.is_main:
             return
         os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-        if not (args.resume and os.path.exists(self.csv_path)):
+        if args.resume and os.path.exists(self.csv_path):
+            self.truncate(progress.step)
+        else:
             with open(self.csv_path, "w", newline="") as f:
                 csv.writer(f).writerow(self.FIELDS)
         if args.use_wandb:
             import wandb
             self.wandb = wandb.init(project=args.wandb_project, name=os.path.basename(stem), id=progress.run_id,
                                     resume="allow", config=vars(args), dir=args.out_dir)
+
+    def truncate(self, step: int):
+        """Drop the rows after `step`: a resumed run logs again the steps done after its last save."""
+        with open(self.csv_path, newline="") as f:
+            header, *rows = list(csv.reader(f)) or [self.FIELDS]
+        kept = [row for row in rows if row and int(row[0]) <= step]
+        if len(kept) < len(rows):
+            text = io.StringIO()
+            csv.writer(text).writerows([header, *kept])
+            atomic_write(self.csv_path, lambda f: f.write(text.getvalue().encode()))
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.start

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import (CheckpointError, atomic_json_save, atomic_torch_save, meta_path, read_meta,
-                         read_state_dict, unwrap)
+from .checkpoint import CheckpointError, read_meta, read_state_dict, save_pair, unwrap
 
 # Attention and MLP projections: every matrix of a block (in MoE models, every expert's too).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -148,8 +147,7 @@ def save_lora(model, path: str, meta: dict | None = None):
     if any(m.merged for m in lora_modules(model).values()):
         raise ValueError("save_lora: unmerge_lora(model) first (merged weights would be saved twice over)")
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in lora_state_dict(model).items()}
-    atomic_torch_save(state, path)
-    atomic_json_save({"lora": config, "base_config": model.config.to_dict(), **(meta or {})}, meta_path(path))
+    save_pair(state, path, {"lora": config, "base_config": model.config.to_dict(), **(meta or {})})
 
 
 def load_lora(model, path: str):

@@ -26,14 +26,15 @@ def deepspeed_config(args, run) -> dict:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The run diverged: `max_bad` non-finite losses or gradient norms without a good step between."""
 
 
 class Stepper:
     """Owns the optimizer. `backward(loss)` per micro-batch; `step(lr)` after `accumulation_steps` of them.
 
     Plain PyTorch, DDP and DeepSpeed differ only here, so the scripts' loops are the same for all three.
-    A non-finite loss skips its micro-batch (reported); `max_bad` in a row stop the run.
+    A non-finite loss skips its micro-batch, a non-finite gradient norm its step (both reported); `max_bad`
+    of them without a good optimizer step between stop the run.
     """
 
     def __init__(self, model, args, run, max_bad: int = 5):
@@ -71,15 +72,9 @@ class Stepper:
         if self.run.ddp:  # all ranks skip together, or DDP's gradient all-reduce would hang
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not finite.item():
-            self.bad_in_row += 1
             self.skipped += 1
-            self.run.print(f"warning: non-finite loss ({loss.item()}), micro-batch skipped "
-                           f"({self.bad_in_row} in a row)")
-            if self.bad_in_row >= self.max_bad:
-                raise NonFiniteLoss(f"{self.bad_in_row} non-finite losses in a row: the run diverged. The last "
-                                    "checkpoint is intact; resume with a lower --learning_rate")
+            self.count_bad(f"non-finite loss ({loss.item()}), micro-batch skipped")
             return False
-        self.bad_in_row = 0
         if self.deepspeed:
             self.deepspeed.backward(loss)  # DeepSpeed scales for accumulation itself
             if self.micro + 1 < self.accum:
@@ -107,13 +102,29 @@ class Stepper:
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
-        if torch.isfinite(norm):
+        finite = bool(torch.isfinite(norm))
+        if finite:
             self.scaler.step(self.optimizer)
-        else:
-            self.run.print("warning: non-finite gradient norm, optimizer step skipped")
+            self.bad_in_row = 0
+        # fp16's scaler skips a few steps by design while it finds its scale; only a scale below 1
+        # (gradients overflowing on their own) is divergence.
+        calibrating = self.scaler.is_enabled() and self.scaler.get_scale() >= 1
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if not finite and calibrating:
+            self.run.print(f"warning: fp16 gradients overflowed, step skipped, loss scale now "
+                           f"{self.scaler.get_scale():g}")
+        elif not finite:
+            self.count_bad("non-finite gradient norm, optimizer step skipped")
         return float(norm)
+
+    def count_bad(self, what: str):
+        """Report a skipped micro-batch or step; `max_bad` without a good step between raise NonFiniteLoss."""
+        self.bad_in_row += 1
+        self.run.print(f"warning: {what} ({self.bad_in_row} since the last good step)")
+        if self.bad_in_row >= self.max_bad:
+            raise NonFiniteLoss(f"{self.bad_in_row} non-finite losses or gradient norms without a good step: "
+                                "the run diverged. Resume with a lower --learning_rate")
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}

@@ -152,9 +152,24 @@ def check_common_args(args):
         bad("device", "expected auto, cpu, cuda, cuda:N or mps")
 
 
+def one_line_errors():
+    """Errors the project raises on purpose (a checkpoint that does not fit or cannot be read, a bad data line)
+    end the script with their message alone and exit status 1: tracebacks are for bugs."""
+    from .checkpoint import CheckpointError
+    from .dataset import DataError
+
+    def hook(kind, error, traceback):
+        if issubclass(kind, (CheckpointError, DataError)):
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        else:
+            sys.__excepthook__(kind, error, traceback)
+    sys.excepthook = hook
+
+
 def setup_run(args) -> Run:
     """Start the run: torchrun's environment means DDP (NCCL on CUDA, gloo on CPU)."""
     check_common_args(args)
+    one_line_errors()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(args.device)

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import atomic_torch_save, checkpoint_path, clean_state_dict, save_weights, unwrap
+from .checkpoint import (CheckpointError, atomic_torch_save, checkpoint_path, clean_state_dict, load_failure,
+                         load_weights, meta_path, nonfinite_weights, read_meta, remove_stale_temp_files, save_weights,
+                         unwrap)
 from .dataloader import steps_per_epoch, train_batches
 from .logger import Logger, flops_per_token
 from .loss_eval import evaluate, token_byte_lengths
@@ -59,6 +61,40 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# Flags that fix the data order: the saved data position counts batches, so a resumed run that changed one
+# would skip or repeat samples. Schedule flags may change (a lower --learning_rate after a divergence, more
+# --max_steps): the run says so and goes on. Stage flags count where the stage has them.
+ORDER_FLAGS = ("data_path", "mix_path", "mix_ratio", "pack", "seed", "global_batch", "accumulation_steps",
+               "max_seq_len", "num_iterations", "ppo_epochs")
+SCHEDULE_FLAGS = ("learning_rate", "min_lr_ratio", "warmup_iters", "epochs", "max_steps")
+
+
+def resume_flags(args, run: Run) -> dict:
+    """The data-order and schedule flags of this run. The order depends on the global batch, not on how it is
+    split: a run saved by 2 processes of batch 4 resumes on 1 process of batch 8."""
+    flags = {k: getattr(args, k) for k in ORDER_FLAGS + SCHEDULE_FLAGS if hasattr(args, k)}
+    for k in ("data_path", "mix_path"):  # the same file, however it is written
+        if flags.get(k):
+            flags[k] = os.path.abspath(flags[k])
+    return {**flags, "global_batch": args.batch_size * run.world_size}
+
+
+def check_resume_flags(saved: dict, now: dict, path: str, run: Run):
+    """Exit with one line naming every data-order flag that differs from the saved run's; print the
+    schedule flags that differ."""
+    def changes(names):
+        label = {"global_batch": "global batch (--batch_size x processes)"}
+        return [f"{label.get(k, '--' + k)} {saved[k]} -> {now[k]}"
+                for k in names if k in saved and k in now and saved[k] != now[k]]
+    order, schedule = changes(ORDER_FLAGS), changes(SCHEDULE_FLAGS)
+    if order:
+        sys.exit(f"--resume: {path} was saved with another data order ({', '.join(order)}): its data position "
+                 "would skip or repeat samples. Resume with the saved values, or start a new run from its weights "
+                 "(--from_weight) without --resume")
+    if schedule:
+        run.print(f"resume: the schedule changes from here on ({', '.join(schedule)})")
+
+
 class Checkpointer:
     """Writes out/<stage>_<hidden>[_moe].pth (+ .json meta) for the next stage, and a resume state
     out/<stage>_<hidden>[_moe]_resume.pth (full-precision weights, optimizer, scaler, progress, RNG)."""
@@ -70,12 +106,22 @@ class Checkpointer:
         self.weights_path = weights_path or checkpoint_path(args.out_dir, stage, config.hidden_size, config.use_moe)
         self.resume_path = self.weights_path.replace(".pth", "_resume.pth")
         self.save_fn = save_fn  # (model, path, meta): writes the stage's product (LoRA writes only its weights)
+        self.flags = resume_flags(args, run)  # as given, before --max_steps sets the epochs
+        if run.is_main:
+            removed = remove_stale_temp_files(self.weights_path, meta_path(self.weights_path), self.resume_path)
+            if removed:
+                run.print(f"removed {len(removed)} temp file(s) of saves interrupted earlier: {', '.join(removed)}")
 
     def save(self, progress: Progress):
-        """All ranks call this (DeepSpeed shards optimizer state); only rank 0 writes the plain files."""
+        """All ranks call this (DeepSpeed shards optimizer state); only rank 0 writes the plain files.
+        Weights that are NaN/inf or beyond float16 are never written: the last good save stays."""
+        bad = nonfinite_weights(self.model)
+        if bad:  # every rank holds the same weights, so every rank stops here
+            raise NonFiniteLoss(f"the weights hold {bad:,} values that are NaN/inf or beyond float16's range, so step "
+                                f"{progress.step} was not saved: the run diverged. Resume with a lower --learning_rate")
         if self.stepper.deepspeed:
-            self.stepper.deepspeed.save_checkpoint(self.resume_path + ".ds", tag="last",
-                                                   client_state={"progress": asdict(progress), "rng": rng_state()})
+            self.stepper.deepspeed.save_checkpoint(self.resume_path + ".ds", tag="last", client_state={
+                "progress": asdict(progress), "rng": rng_state(), "flags": self.flags})
         if self.run.is_main:
             meta = {"stage": self.stage, "step": progress.step, "tokens": progress.tokens, "loss": progress.loss,
                     "val_loss": progress.val_loss, "val_bpb": progress.val_bpb, "eval": progress.eval,
@@ -83,7 +129,7 @@ class Checkpointer:
             self.save_fn(self.model, self.weights_path, meta)
             if not self.stepper.deepspeed:
                 state = {"model": unwrap(self.model).state_dict(), **self.stepper.state_dict(),
-                         "progress": asdict(progress), "rng": rng_state()}
+                         "progress": asdict(progress), "rng": rng_state(), "flags": self.flags}
                 atomic_torch_save(state, self.resume_path)
         if self.run.ddp:
             dist.barrier()
@@ -91,19 +137,31 @@ class Checkpointer:
     def restore(self) -> Progress:
         """The progress of the last save, with model, optimizer and RNG put back as they were then."""
         if self.stepper.deepspeed:
-            _, client = self.stepper.deepspeed.load_checkpoint(self.resume_path + ".ds", tag="last")
-            progress, rng = Progress(**client["progress"]), client["rng"]
+            _, state = self.stepper.deepspeed.load_checkpoint(self.resume_path + ".ds", tag="last")
         else:
-            if not os.path.exists(self.resume_path):
-                sys.exit(f"--resume: {self.resume_path} not found (nothing saved yet for this stage and size)")
-            state = torch.load(self.resume_path, map_location="cpu", weights_only=True)
-            unwrap(self.model).load_state_dict(clean_state_dict(state["model"]))
+            state = self.read_resume_state()
+            load_weights(unwrap(self.model), clean_state_dict(state["model"]), self.resume_path)
             self.stepper.load_state_dict(state)
-            progress, rng = Progress(**state["progress"]), state["rng"]
-        set_rng_state(rng)
+        check_resume_flags(state.get("flags", {}), self.flags, self.resume_path, self.run)  # older files have none
+        progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
         self.run.print(f"resume: {self.resume_path} at step {progress.step} "
                        f"(epoch {progress.epoch + 1}, batch {progress.batch_in_epoch})")
         return progress
+
+    def read_resume_state(self) -> dict:
+        if not os.path.exists(self.resume_path):
+            if os.path.exists(self.weights_path):  # killed before the first resume file was complete
+                meta = read_meta(self.weights_path) if os.path.exists(meta_path(self.weights_path)) else None
+                step = f"step {meta.get('step', '?')}" if meta else "no meta"
+                sys.exit(f"--resume: {self.resume_path} not found, only the stage's weights {self.weights_path} "
+                         f"({step}), which hold no optimizer or data position: start again without --resume, "
+                         f"or continue from those weights with --from_weight {self.weights_path}")
+            sys.exit(f"--resume: {self.resume_path} not found (nothing saved yet for this stage and size)")
+        try:
+            return torch.load(self.resume_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{self.resume_path}: cannot be read: {load_failure(e)}") from e
 
 
 class StopRequested:
@@ -157,6 +215,11 @@ class Session:
         if self.total_steps <= 0:
             sys.exit(f"{stage}: {len(train_data)} samples make no full step at batch {args.batch_size} x "
                      f"{args.accumulation_steps} accumulation x {run.world_size} processes")
+        if args.resume and self.progress.step >= self.total_steps:  # before the log or any file is touched
+            run.print(f"resume: {stage} already finished ({self.progress.step}/{self.total_steps} steps): nothing "
+                      f"to do; {self.checkpoints.weights_path} is its product")
+            cleanup(run)
+            sys.exit(0)
         if evaluate_fn is None and val_data is not None:
             byte_lengths = token_byte_lengths(tokenizer)
             evaluate_fn = lambda m: dict(zip(("val_loss", "val_bpb"), evaluate(m, val_data, args, run, byte_lengths,
@@ -175,8 +238,6 @@ class Session:
 
     def batches(self):
         """Micro-batches on the run's device, from the resume position, until the last step."""
-        if self.progress.step >= self.total_steps:  # resumed from a run that had already finished
-            return
         for batch in train_batches(self.train_data, self.args, self.run, self.progress):
             self.batch_tokens = sum(v.numel() for k, v in batch.items() if k.endswith("input_ids"))
             yield {k: v.to(self.run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -189,10 +250,7 @@ class Session:
         try:
             self.stepper.backward(loss)
         except NonFiniteLoss as e:
-            cleanup(self.run)
-            saved = (f"{self.checkpoints.weights_path} holds step {self.saved_step}" if self.saved_step is not None
-                     else "nothing was saved yet")
-            sys.exit(f"{self.stage}: {e} ({saved})")
+            self.diverged(e)
         self.progress.tokens += (tokens or self.batch_tokens) * self.run.world_size  # positions computed, all ranks
 
     @property
@@ -205,7 +263,10 @@ class Session:
         (RL, between the optimizer steps it takes on one rollout) holds a due save back to the batch's end."""
         args, progress = self.args, self.progress
         lr = cosine_lr(progress.step, self.total_steps, args.learning_rate, args.warmup_iters, args.min_lr_ratio)
-        grad_norm = self.stepper.step(lr)
+        try:
+            grad_norm = self.stepper.step(lr)
+        except NonFiniteLoss as e:
+            self.diverged(e)
         progress.step += 1
         if progress.step % args.log_interval == 0 or progress.step == self.total_steps:
             progress.loss = self.run.mean(loss.item())
@@ -231,8 +292,18 @@ class Session:
     def save(self):
         self.save_due = False
         self.progress.elapsed = self.logger.elapsed()
-        self.checkpoints.save(self.progress)
+        try:
+            self.checkpoints.save(self.progress)
+        except NonFiniteLoss as e:
+            self.diverged(e)
         self.saved_step = self.progress.step
+
+    def diverged(self, error: NonFiniteLoss):
+        """Stop the run with one line saying what the last good checkpoint is (it was never overwritten)."""
+        cleanup(self.run)
+        saved = (f"{self.checkpoints.weights_path} holds step {self.saved_step}" if self.saved_step is not None
+                 else "nothing was saved")
+        sys.exit(f"{self.stage}: {error} ({saved})")
 
     def finish(self):
         """Final evaluation and checkpoint (unless Ctrl-C already saved), loss curve, shutdown."""
