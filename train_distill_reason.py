@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from demo import data_paths, demo_file, is_correct
 from model.checkpoint import build_model, load_tokenizer
+from model.dataloader import load_datasets
 from model.dataset import IGNORE, ReasonDataset
 from model.generation import answer_questions
 from model.loss_eval import evaluate, token_byte_lengths
@@ -69,9 +70,9 @@ def main():
     run = setup_run(args)
 
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train_path, val_path = data_paths(args.data_path, args.val_path, "reason")
-    train_data = ReasonDataset(train_path, tokenizer, args.max_seq_len, tag_weight=args.tag_weight)
-    val_data = ReasonDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
+    train_data, val_data = load_datasets(ReasonDataset, *data_paths(args.data_path, args.val_path, "reason"),
+                                         tokenizer, args.max_seq_len, tag_weight=args.tag_weight,
+                                         skip_bad=args.skip_bad)
     eval_rows = read_rows(args.eval_path or demo_file("reason_eval.jsonl"), args.eval_samples)
     model = build_model(args, run, tokenizer)
 

@@ -120,7 +120,7 @@ def main():
 
     tokenizer = load_tokenizer(args.tokenizer_path)
     train_data, val_data = load_datasets(SFTDataset, *data_paths(args.data_path, args.val_path, "sft"), tokenizer,
-                                         args.max_seq_len)
+                                         args.max_seq_len, skip_bad=args.skip_bad)
     teacher, teacher_meta = load_teacher(args, run)
     check_same_vocab(teacher, teacher_meta, tokenizer, args.tokenizer_path)
     model = build_model(args, run, tokenizer)

@@ -95,7 +95,7 @@ def main():
 
     tokenizer = load_tokenizer(args.tokenizer_path)
     train_data, val_data = load_datasets(DPODataset, *data_paths(args.data_path, args.val_path, "dpo"), tokenizer,
-                                         args.max_seq_len)
+                                         args.max_seq_len, skip_bad=args.skip_bad)
     model = build_model(args, run, tokenizer)
     # The reference is the SFT model as loaded, copied before the Session (which, on --resume, puts the
     # policy's trained weights back): frozen, in eval mode, never handed to the optimizer.

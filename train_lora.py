@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, Subset
 
 from demo import data_paths
 from model.checkpoint import build_model, checkpoint_path, load_tokenizer
+from model.dataloader import load_datasets
 from model.dataset import SFTDataset
 from model.model_lora import DEFAULT_TARGETS, apply_lora, count_parameters, save_lora
 from model.runtime import add_common_args, setup_run
@@ -55,14 +56,14 @@ def main():
 
     tokenizer = load_tokenizer(args.tokenizer_path)
     train_path, val_path = data_paths(args.data_path, args.val_path, f"lora_{args.lora_name}")
-    train_data = SFTDataset(train_path, tokenizer, args.max_seq_len)
+    train_data, val_data = load_datasets(SFTDataset, train_path, val_path, tokenizer, args.max_seq_len,
+                                         skip_bad=args.skip_bad)
     if args.mix_path:
-        replay = SFTDataset(args.mix_path, tokenizer, args.max_seq_len)
+        replay, _ = load_datasets(SFTDataset, args.mix_path, None, tokenizer, args.max_seq_len, skip_bad=args.skip_bad)
         picked = torch.randperm(len(replay), generator=torch.Generator().manual_seed(args.seed))
         picked = picked[:int(args.mix_ratio * len(train_data))].tolist()
         run.print(f"data: {len(train_data)} LoRA chats + {len(picked)} replayed from {args.mix_path}")
         train_data = ConcatDataset([train_data, Subset(replay, picked)])
-    val_data = SFTDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
     model = build_model(args, run, tokenizer)
     targets = [t.strip() for t in args.lora_targets.split(",")]
     apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets)

@@ -1,9 +1,11 @@
 """Batches for training and evaluation: a data order that is deterministic per (seed, epoch), split across
 ranks and resumable at any batch, and padding trimmed from each batch."""
+import sys
+
 import numpy as np
 import torch
 
-from .dataset import IGNORE, PackedDataset
+from .dataset import IGNORE, DataError, PackedDataset
 
 
 def batch_order(n_samples: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
@@ -69,10 +71,15 @@ def steps_per_epoch(dataset, args, run) -> int:
 
 def load_datasets(dataset_class, train_path: str, val_path: str | None, tokenizer, max_seq_len: int,
                   pack_chats: bool = False, seed: int = 0, **kwargs):
-    """(train, validation or None) datasets of one class. `pack_chats` fills the training windows with several
-    chats (PackedDataset); validation stays one chat per row."""
-    train = dataset_class(train_path, tokenizer, max_seq_len, **kwargs)
-    if pack_chats:
-        train = PackedDataset(train, max_seq_len, seed)
-    val = dataset_class(val_path, tokenizer, max_seq_len, **kwargs) if val_path else None
+    """(train, validation or None) datasets of one class; kwargs (skip_bad=...) go to the class. `pack_chats`
+    fills the training windows with several chats (PackedDataset); validation stays one chat per row.
+    Bad data lines (the classes check every line when made) end the run here, with the dataset's message
+    naming them and no traceback, before the script has written anything."""
+    try:
+        train = dataset_class(train_path, tokenizer, max_seq_len, **kwargs)
+        val = dataset_class(val_path, tokenizer, max_seq_len, **kwargs) if val_path else None
+        if pack_chats:  # encodes every sample, so what only tokenizing finds (over-long chats) stops it too
+            train = PackedDataset(train, max_seq_len, seed)
+    except DataError as e:
+        sys.exit(f"error: {e}")
     return train, val

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import atomic_torch_save, load_tokenizer, unwrap
+from .dataloader import load_datasets
 from .dataset import IGNORE, DataError, RLPromptDataset
 from .reasoning import follows_template
 from .rewards import rewards_from_args
@@ -204,8 +205,8 @@ def prepare_rl(args, run, train_path: str, val_path: str | None):
     """(tokenizer, train prompts, held-out prompts or None, rewards) for an RL stage. With the accuracy reward
     on, every row must have a target: checked on the raw rows before anything trains or is written."""
     tokenizer = load_tokenizer(args.tokenizer_path)
-    train = RLPromptDataset(train_path, tokenizer, args.max_seq_len)
-    val = RLPromptDataset(val_path, tokenizer, args.max_seq_len) if val_path else None
+    train, val = load_datasets(RLPromptDataset, train_path, val_path, tokenizer, args.max_seq_len,
+                               skip_bad=args.skip_bad)
     if args.accuracy_weight:
         for data in filter(None, (train, val)):
             try:

@@ -45,6 +45,8 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     g.add_argument("--max_seq_len", type=int, default=512)
     g.add_argument("--data_path", default=None)
     g.add_argument("--val_path", default=None, help="held-out data for validation loss and bits per byte")
+    g.add_argument("--skip_bad", action="store_true",
+                   help="leave out (and count) bad data lines instead of stopping before the first step")
     g.add_argument("--tokenizer_path", default=DEFAULT_TOKENIZER)
     g.add_argument("--from_weight", default="none",
                    help="stage name (e.g. pretrain -> out/pretrain_<hidden>.pth), a .pth path, or none")

@@ -202,17 +202,28 @@ BAD = [  # (line, expected message)
 
 
 def test_each_bad_line_names_file_and_line(tok, tmp_path):
+    """All lines are checked when the dataset is made; an over-long chat shows only when it is tokenized."""
     path = write_jsonl(tmp_path / "sft.jsonl", [GOOD] + [line for line, _ in BAD])
+    with pytest.raises(DataError) as error:
+        SFTDataset(path, tok, max_seq_len=32)
+    report = str(error.value).splitlines()
+    expected = [f"  {path}:{n}: {message}" for n, (_, message) in enumerate(BAD, 2) if "over-long" not in message]
+    assert report[0].startswith(f"bad lines in {path}") and "--skip_bad" in report[0]
+    assert [line[:len(e)] for line, e in zip(report[1:-1], expected)] == expected
+    assert report[-1] == f"  {len(expected)} bad lines of {len(BAD) + 1}"
+    over_long = next(n for n, (_, message) in enumerate(BAD, 2) if "over-long" in message)
+    path = write_jsonl(tmp_path / "long.jsonl", [GOOD, BAD[over_long - 2][0]])
     ds = SFTDataset(path, tok, max_seq_len=32)
     assert ds[0]["labels"].ne(IGNORE).any()
-    for i, (_, message) in enumerate(BAD, 1):
-        with pytest.raises(DataError, match=f"^{re.escape(f'{path}:{i + 1}: {message}')}"):
-            ds[i]
+    with pytest.raises(DataError, match=f"^{re.escape(f'{path}:2: over-long')}"):
+        ds[1]
 
 
-def test_skip_bad_substitutes_and_counts(tok, tmp_path):
+def test_skip_bad_leaves_out_and_substitutes(tok, tmp_path):
+    """Lines the check rejects are left out of len(); an over-long one is replaced by the next sample."""
     path = write_jsonl(tmp_path / "sft.jsonl", [GOOD] + [line for line, _ in BAD] + [GOOD])
     ds = SFTDataset(path, tok, max_seq_len=32, skip_bad=True)
+    assert ds.skipped == len(BAD) - 1 and len(ds) == 3  # GOOD, the over-long chat, GOOD
     good = ds[0]["input_ids"]
     assert all(torch.equal(ds[i]["input_ids"], good) for i in range(len(ds)))
     assert sorted(ds.bad_lines) == list(range(2, 2 + len(BAD)))
@@ -230,7 +241,7 @@ def test_bad_lines_of_other_formats(tok, tmp_path):
     ]
     for n, (cls, row, message) in enumerate(cases):
         path = write_jsonl(tmp_path / f"{n}.jsonl", [row])
-        with pytest.raises(DataError, match=f"^{re.escape(f'{path}:1: {message}')}"):
+        with pytest.raises(DataError, match=re.escape(f"{path}:1: {message}")):
             cls(path, tok, 32)[0]
 
 
