@@ -2,7 +2,8 @@
 and RL rollouts share.
 
 - `KVCache`: preallocated key/value buffers, written in place at each step.
-- `sample_next_token`: repetition penalty, temperature, top-k, top-p, then one draw per row.
+- `sample_next_token`: repetition, frequency and presence penalties, temperature, top-k, top-p, then one
+  draw per row.
 - `stream_generate`: yields the next token of every row of a (left-padded) batch, step by step.
 - `generate`: the same, collected into prompt + new ids (what `GenerationMixin.generate` returns).
 - `answer_questions`: many chat questions at once, greedy, batched by length.
@@ -39,12 +40,18 @@ class KVCache:
 
 
 def sample_next_token(logits, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                      seen=None, generator=None):
-    """Pick one token per row from (batch, vocab) logits, with the usual processors in the usual order."""
+                      seen=None, generator=None, counts=None, frequency_penalty=0.0, presence_penalty=0.0):
+    """Pick one token per row from (batch, vocab) logits, with the usual processors in the usual order.
+    `seen`: (batch, vocab) bool, the tokens the repetition penalty applies to; `counts`: (batch, vocab), how
+    often each token occurs in the reply so far, for OpenAI's frequency and presence penalties."""
     if seen is not None and repetition_penalty != 1.0:
         # CTRL-style: make already-seen tokens less likely whatever the sign of their logit.
         penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = torch.where(seen, penalised, logits)
+    if counts is not None:
+        # OpenAI's: minus count x frequency_penalty, and presence_penalty once a token has occurred (vLLM's order:
+        # after the repetition penalty)
+        logits = logits - counts * frequency_penalty - (counts > 0) * presence_penalty
     if not do_sample:
         return logits.argmax(dim=-1)
     logits = logits / max(temperature, 1e-5)

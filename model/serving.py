@@ -46,8 +46,11 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0  # OpenAI's penalties, on the counts of the tokens generated so far
+    presence_penalty: float = 0.0
     seed: int | None = None
     logprobs: bool = False  # keep each sampled token's log-prob (RL rollouts use them as the old policy)
+    top_logprobs: int = 0  # with logprobs: also keep this many most likely tokens of each step
 
 
 class Request:
@@ -62,21 +65,27 @@ class Request:
         self.n_generated = 0
         self.cancelled = False
         self.logprobs = [] if params.logprobs else None  # log p(token) under the sampling temperature
+        # (token ids, their log-probs) of the most likely tokens, one pair per step
+        self.top_logprobs = [] if params.logprobs and params.top_logprobs else None
         p = params
         self.generator = None  # a seeded request samples from its own generator
         if p.temperature > 0 and p.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(p.seed % 2**64)
         # Rows with equal settings sample together; a seeded one alone (its draws must not depend on the batch).
+        penalties = (p.repetition_penalty, p.frequency_penalty, p.presence_penalty)
         if p.temperature == 0:
-            self.sampling_group = ("greedy", p.repetition_penalty)
+            self.sampling_group = ("greedy", *penalties)
         elif self.generator:
             self.sampling_group = id(self)
         else:
-            self.sampling_group = (p.temperature, p.top_p, p.top_k, p.repetition_penalty)
-        self.seen = None  # tokens so far, for the repetition penalty
+            self.sampling_group = (p.temperature, p.top_p, p.top_k, *penalties)
+        self.seen = None  # tokens of the prompt and the reply, for the repetition penalty
         if p.repetition_penalty != 1.0:
             self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
             self.seen[0, self.prompt_ids] = True
+        self.counts = None  # how often each token occurs in the reply, for the frequency and presence penalties
+        if p.frequency_penalty or p.presence_penalty:
+            self.counts = torch.zeros(1, vocab_size, device=device)
 
     def cancel(self):
         self.cancelled = True
@@ -223,9 +232,9 @@ class Engine:
                 return None
             self.last_prefill = (key, cache, logits)
         _, cache, logits = self.last_prefill
-        tokens, logprobs = self.sample(logits, [request])
+        tokens, logprobs, tops = self.sample(logits, [request])
         token = int(tokens[0])
-        if self.emit(request, token, float(logprobs[0])):
+        if self.emit(request, token, float(logprobs[0]), tops[0]):
             return None
         return request, cache, token
 
@@ -236,38 +245,54 @@ class Engine:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         out = self.model(self.tokens[:, None], attention_mask=self.mask, position_ids=self.positions[:, None],
                          cache=self.cache, logits_to_keep=1)
-        tokens, logprobs = self.sample(out.logits[:, -1].float(), self.rows)
+        tokens, logprobs, tops = self.sample(out.logits[:, -1].float(), self.rows)
         self.tokens, self.positions = tokens, self.positions + 1
-        done = [self.emit(request, token, logprob)
-                for request, token, logprob in zip(self.rows, tokens.tolist(), logprobs.tolist())]
+        done = [self.emit(request, token, logprob, top)
+                for request, token, logprob, top in zip(self.rows, tokens.tolist(), logprobs.tolist(), tops)]
         self.retire(done)
 
-    def sample(self, logits: torch.Tensor, rows: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, logits: torch.Tensor, rows: list[Request]) -> tuple[torch.Tensor, torch.Tensor, list]:
         """The next token of each row (one `sample_next_token` call per group of rows with equal settings) and,
-        for rows that keep them, its log-prob under the temperature-scaled distribution, before top-k/top-p:
-        the policy's own log p(token), which training recomputes with a forward pass (NaN for other rows)."""
+        for rows that keep them, its log-prob under the temperature-scaled distribution, before penalties and
+        top-k/top-p: the policy's own log p(token), which training recomputes with a forward pass (NaN for
+        other rows); and per row, (ids, log-probs) of that distribution's `top_logprobs` most likely tokens, or
+        None."""
         groups = collections.defaultdict(list)
         for i, request in enumerate(rows):
             groups[request.sampling_group].append(i)
         tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         logprobs = torch.full((len(rows),), float("nan"), device=logits.device)
+        tops = [None] * len(rows)
         for idx in groups.values():
             first, p = rows[idx[0]], rows[idx[0]].params
             seen = torch.cat([rows[i].seen for i in idx]) if first.seen is not None else None
+            counts = torch.cat([rows[i].counts for i in idx]) if first.counts is not None else None
             tokens[idx] = sample_next_token(logits[idx], p.temperature > 0, p.temperature, p.top_p, p.top_k,
-                                            p.repetition_penalty, seen, first.generator or self.generator)
+                                            p.repetition_penalty, seen, first.generator or self.generator,
+                                            counts, p.frequency_penalty, p.presence_penalty)
             if any(rows[i].logprobs is not None for i in idx):
                 scaled = logits[idx] / p.temperature if p.temperature > 0 else logits[idx]
-                logprobs[idx] = scaled.log_softmax(-1).gather(-1, tokens[idx, None]).squeeze(-1)
-        return tokens, logprobs
+                logp = scaled.log_softmax(-1)
+                logprobs[idx] = logp.gather(-1, tokens[idx, None]).squeeze(-1)
+                wanted = {row: rows[i].params.top_logprobs for row, i in enumerate(idx)
+                          if rows[i].top_logprobs is not None}
+                if wanted:
+                    values, ids = logp.topk(max(wanted.values()), dim=-1)
+                    for row, n in wanted.items():
+                        tops[idx[row]] = (ids[row, :n].tolist(), values[row, :n].tolist())
+        return tokens, logprobs, tops
 
-    def emit(self, request: Request, token: int, logprob: float) -> bool:
+    def emit(self, request: Request, token: int, logprob: float, top: tuple | None) -> bool:
         """Hand the token to the request's owner; True when the request is finished."""
         request.n_generated += 1
         if request.seen is not None:
             request.seen[0, token] = True
+        if request.counts is not None:
+            request.counts[0, token] += 1
         if request.logprobs is not None:
             request.logprobs.append(logprob)
+        if request.top_logprobs is not None:
+            request.top_logprobs.append(top)
         finish = "stop" if token in self.eos else "length" if request.n_generated >= request.params.max_tokens \
             else None
         request.on_event(token, finish)

@@ -11,9 +11,24 @@ Any OpenAI client works against it:
     client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="secret")
     client.chat.completions.create(model="minimind", messages=[{"role": "user", "content": "你好"}])
 
+`model` must be the served id (--model_name, default the checkpoint's file name, as /v1/models reports it)
+or an alias (--model_alias, default "minimind"); any other name gets OpenAI's 404 `model_not_found`.
 Replies of reasoning models come as `content` (the answer) and `reasoning_content` (the <think> part), the
-field DeepSeek's API and vLLM use. Bad requests get a 4xx with OpenAI's error object, never a 500.
-`top_k` and `repetition_penalty` are accepted as extensions (vLLM's names).
+field DeepSeek's API and vLLM use. Bad requests get a 4xx with OpenAI's error object, never a 500; so does a
+parameter of OpenAI's that the server does not implement (`logit_bias`, `response_format` other than text,
+`echo`, `best_of` other than n, `suffix`...), unless its value asks for nothing. `frequency_penalty` and
+`presence_penalty` are OpenAI's (on the counts of the tokens generated so far); `top_k` and
+`repetition_penalty` are accepted as extensions (vLLM's names).
+
+Chat `logprobs: true` (+ `top_logprobs`: 0..20) returns OpenAI's `logprobs.content`, each token with its
+bytes, streamed too (each chunk carries its own tokens'). /v1/completions has the legacy form, the sampled
+token's log-prob only (`logprobs` 0 or 1, not with `stream`). Both cover every generated token (eos included
+when the reply stopped on it), log-probs of the model's distribution under the temperature (greedy: the raw
+one), before penalties and top-k/top-p.
+
+One request cannot stall the others: a body over --max_body_mb gets a 413 before it is read, a completion
+request takes at most --max_prompts prompts, a prompt longer than the context is refused before it is
+tokenized when its size alone shows it, and parsing and tokenizing run off the event loop.
 
 Tool use is OpenAI's function calling: `tools` are listed in the prompt by the chat template, and the model's
 <tool_call> blocks (model/toolcall.py, the one parser) come back as `message.tool_calls` with finish_reason
@@ -27,8 +42,7 @@ RL hand-over (model/rollout.py's ServerRollout, or any trainer written for vLLM/
 token-id prompts and returns each sampled token's log-prob (`logprobs: 1`, `return_tokens_as_token_ids`). After
 each optimizer step the trainer saves the policy and POSTs {"model_path": ...} to /update_weights_from_disk
 (SGLang's endpoint, at the root, behind the API key): the weights change between two decode steps, and
-requests in flight go on with the new ones. `logprobs` is 0 or 1: the engine keeps the sampled token's
-log-prob only (under the temperature, before top-k/top-p), so `top_logprobs` is null; not with `stream`.
+requests in flight go on with the new ones.
 """
 import argparse
 import asyncio
@@ -42,11 +56,13 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,20 +82,46 @@ DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its cli
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or a 413 as soon as it is known to be over `limit` bytes: by its Content-Length before a byte
+    is read, or while a chunked one arrives. A huge body then costs neither time nor memory."""
+    declared = request.headers.get("content-length", "")
+    size, chunks = int(declared) if declared.isdigit() else 0, []
+    if size <= limit:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+    if size > limit:
+        # Connection: close, or the server would read the rest of the body to keep the connection alive
+        raise ApiError(413, f"The request body is larger than this server's limit of {limit / 2**20:g} MB "
+                            "(--max_body_mb).", code="request_too_large", headers={"Connection": "close"})
+    return b"".join(chunks)
 
 
 async def parse_body(request: Request, schema: type["Strict"]):
     """The JSON body checked against `schema`, whatever Content-Type the client sent (curl -d sends a form's).
-    Pydantic's list of problems becomes OpenAI's 400 about the first one."""
+    Parsed in a worker thread, so a large body does not hold up the event loop."""
+    body = await read_body(request, state_of(request).max_body_bytes)
+    return await asyncio.to_thread(validate, schema, body)
+
+
+def validate(schema: type["Strict"], body: bytes):
+    """Pydantic's list of problems becomes OpenAI's 400 about the first one."""
     try:
-        return schema.model_validate_json(await request.body())
+        return schema.model_validate_json(body)
     except ValidationError as e:
         first = e.errors()[0]
         if first["type"] == "json_invalid":
@@ -99,6 +141,18 @@ def http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+
+def harmless_only(accepts: str = "null", harmless=lambda value: False) -> AfterValidator:
+    """For an OpenAI parameter this server does not implement: taken with null or a value that asks for
+    nothing (clients send some by default), a 400 naming it for any other. Names OpenAI does not have are
+    ignored, as vLLM does."""
+    def check(value):
+        if value is not None and not harmless(value):
+            raise PydanticCustomError("unsupported_parameter", "not supported by this server, which accepts {accepts}",
+                                      {"accepts": accepts})
+        return value
+    return AfterValidator(check)
 
 
 class TextPart(Strict):
@@ -179,6 +233,9 @@ class GenerationFields(Strict):
     top_k: Annotated[int | None, Field(ge=0)] = None
     # Seen tokens' logits are divided (or multiplied) by it: 1e-300 turned them into inf and emptied the reply.
     repetition_penalty: Annotated[float | None, Field(ge=0.5, le=2)] = None
+    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    presence_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    logit_bias: Annotated[Any, harmless_only("null or {}", lambda v: v == {})] = None
     stop: str | list[str] | None = None
 
     @field_validator("stop")
@@ -199,6 +256,25 @@ class ChatRequest(GenerationFields):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None
+    response_format: Annotated[Any, harmless_only('null or {"type": "text"}',
+                                                  lambda v: v == {"type": "text"})] = None
+    modalities: Annotated[Any, harmless_only('null or ["text"]', lambda v: v == ["text"])] = None
+    functions: Annotated[Any, harmless_only("null or [] (use tools)", lambda v: v == [])] = None
+    function_call: Annotated[Any, harmless_only('null, "none" or "auto" (use tool_choice)',
+                                                lambda v: v in ("none", "auto"))] = None
+    audio: Annotated[Any, harmless_only()] = None
+    prediction: Annotated[Any, harmless_only()] = None
+    reasoning_effort: Annotated[Any, harmless_only()] = None
+    web_search_options: Annotated[Any, harmless_only()] = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def top_logprobs_need_logprobs(cls, top, info: ValidationInfo):
+        if top and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs: true")
+        return top
 
 
 class CompletionRequest(GenerationFields):
@@ -206,6 +282,19 @@ class CompletionRequest(GenerationFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: Annotated[int | None, Field(ge=0, le=5)] = None
     return_tokens_as_token_ids: bool | None = None  # vLLM's extension: logprobs tokens as "token_id:<id>"
+    echo: Annotated[Any, harmless_only("null or false", lambda v: v is False)] = None
+    suffix: Annotated[Any, harmless_only('null or ""', lambda v: v == "")] = None
+    best_of: int | None = None
+
+    @field_validator("best_of")
+    @classmethod
+    def best_of_is_n(cls, best_of, info: ValidationInfo):
+        n = info.data.get("n") or 1
+        if best_of is not None and best_of != n:
+            # best_of > n would rank candidates by log-prob, which this server does not do
+            raise PydanticCustomError("unsupported_parameter", "not supported by this server, which accepts null "
+                                      "or best_of = n ({n})", {"n": n})
+        return best_of
 
 
 class WeightsRequest(Strict):
@@ -220,9 +309,34 @@ class WeightsRequest(Strict):
 class ServerState:
     engine: Engine
     tokenizer: object
-    model_name: str
+    model_name: str  # the id /v1/models reports
+    model_aliases: tuple[str, ...]  # other names a request may use
     max_seq_len: int
+    token_bytes: list[bytes]  # each token id's bytes
+    max_body_bytes: int
+    max_prompts: int
     api_key: str | None = None
+
+    def __post_init__(self):
+        self.max_token_bytes = max(map(len, self.token_bytes))
+
+
+def token_bytes(tokenizer, vocab_size: int) -> list[bytes]:
+    """Each token id's bytes, for logprobs (a character may span tokens) and for the longest token's size.
+    Byte-level BPE spells a token's bytes as printable characters (GPT-2's table); an added token is its own
+    text; any other tokenizer's token, its decoded text."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    added = {i: token.content for i, token in tokenizer.added_tokens_decoder.items()}
+    out = []
+    for i, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))):
+        if i in added:
+            out.append(added[i].encode())
+        elif piece and all(char in byte_of for char in piece):
+            out.append(bytes(byte_of[char] for char in piece))
+        else:
+            out.append(tokenizer.decode([i]).encode())
+    return out + [b""] * (vocab_size - len(out))  # ids the model has and the tokenizer does not
 
 
 class Generation:
@@ -230,9 +344,10 @@ class Generation:
     the engine while `events()` is consumed, with their text streams and the token counts for `usage`."""
 
     def __init__(self, state: ServerState, prompts: list[list[int]], body: GenerationFields, max_tokens: int | None,
-                 split_think: bool, logprobs: bool = False, tools: list[str] | None = None, forced: str = "",
+                 split_think: bool, logprobs: int | None = None, tools: list[str] | None = None, forced: str = "",
                  one_call: bool = False):
-        """`tools`: names of the functions whose calls are taken out of the replies (None: the replies are
+        """`logprobs`: None, or keep each token's log-prob and this many most likely tokens beside it;
+        `tools`: names of the functions whose calls are taken out of the replies (None: the replies are
         text); `forced`: text the prompts end with that is the start of the reply (a forced call);
         `one_call`: end each reply at its first call."""
         n = body.n or 1
@@ -247,11 +362,13 @@ class Generation:
             top_p=1.0 if body.top_p is None else body.top_p,
             top_k=body.top_k or 0,
             repetition_penalty=body.repetition_penalty or 1.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
             seed=None if body.seed is None else body.seed + index,  # the n samples of a seed differ
-            logprobs=logprobs))
+            logprobs=logprobs is not None, top_logprobs=logprobs or 0))
             for index, prompt in enumerate(prompts)]
         self.prompt_tokens = sum(map(len, prompts)) // n
-        self.tokenizer = state.tokenizer
+        self.tokenizer, self.token_bytes = state.tokenizer, state.token_bytes
         self.replies = [ReplyStream(state.tokenizer, stop, split_think, prompt, tools) for prompt in prompts]
         for reply in self.replies if forced else ():
             # past the stop strings (it is our text, not the model's); the call splitter holds the open call
@@ -259,6 +376,7 @@ class Generation:
             reply.route(forced)
         self.one_call = one_call
         self.tokens = [[] for _ in prompts]  # each choice's tokens, up to the one that finished it
+        self.reported = [0] * len(prompts)  # how many of them `chat_logprobs` has returned
         self.finish_reasons = [None] * len(prompts)
         self.requests = []
 
@@ -302,6 +420,29 @@ class Generation:
             for request in self.requests:
                 request.cancel()
 
+    def scored(self, i: int, start: int = 0) -> list[tuple]:
+        """(token id, log-prob, [(id, log-prob) of the most likely tokens]) for choice i's tokens from `start`.
+        The engine may have sampled past a stop string before it saw our cancel: only our tokens count."""
+        request, end = self.requests[i], len(self.tokens[i])
+        tops = request.top_logprobs[start:end] if request.top_logprobs is not None else [((), ())] * (end - start)
+        return [(token, logprob, list(zip(*top)))
+                for token, logprob, top in zip(self.tokens[i][start:end], request.logprobs[start:end], tops)]
+
+    def token_text(self, token: int) -> str:
+        return self.token_bytes[token].decode("utf-8", errors="replace")
+
+    def chat_logprobs(self, i: int) -> dict | None:
+        """OpenAI's chat `logprobs` of choice i's tokens not returned yet (None if none): all of them once the
+        reply is done, or, called for each stream chunk, those of the chunk's tokens."""
+        start, self.reported[i] = self.reported[i], len(self.tokens[i])
+
+        def entry(token, logprob):
+            return {"token": self.token_text(token), "logprob": logprob, "bytes": list(self.token_bytes[token])}
+
+        scored = self.scored(i, start)
+        return {"content": [{**entry(token, logprob), "top_logprobs": [entry(*alt) for alt in top]}
+                            for token, logprob, top in scored]} if scored else None
+
     def logprobs(self, i: int, as_ids: bool) -> dict:
         """OpenAI's legacy `logprobs` of choice i, over the tokens it generated (eos included when it stopped).
         A stop string ends generation at the token that completed it, so the tokens run that far: past the
@@ -314,8 +455,7 @@ class Generation:
         if texts:
             texts[-1] += detokenizer.flush()
         return {"tokens": [f"token_id:{t}" for t in tokens] if as_ids else texts,
-                # the engine may have sampled past a stop string before it saw our cancel
-                "token_logprobs": self.requests[i].logprobs[:len(tokens)],
+                "token_logprobs": [logprob for _, logprob, _ in self.scored(i)],
                 "top_logprobs": None,
                 "text_offset": list(itertools.accumulate(map(len, texts), initial=0))[:-1]}
 
@@ -326,14 +466,33 @@ class Generation:
                 "total_tokens": self.prompt_tokens + completion}
 
 
+def context_exceeded(state: ServerState, prompt_tokens, param: str, max_tokens: int | None = None) -> ApiError:
+    asked = f" + {max_tokens} for the completion" if max_tokens else ""
+    return ApiError(400, f"This model's maximum context length is {state.max_seq_len} tokens; you asked for "
+                         f"{prompt_tokens} in the prompt{asked}.", param=param, code="context_length_exceeded")
+
+
 def check_length(state: ServerState, prompt: list[int], max_tokens: int | None) -> int:
     """The completion budget, or OpenAI's context_length_exceeded error."""
     room = state.max_seq_len - len(prompt)
     if room <= 0 or (max_tokens is not None and max_tokens > room):
-        asked = f" + {max_tokens} for the completion" if max_tokens else ""
-        raise ApiError(400, f"This model's maximum context length is {state.max_seq_len} tokens; you asked for "
-                            f"{len(prompt)} in the prompt{asked}.", param="messages", code="context_length_exceeded")
+        raise context_exceeded(state, len(prompt), "messages", max_tokens)
     return max_tokens or room
+
+
+def check_text_size(state: ServerState, texts: list[str], param: str):
+    """Refuse a prompt over the context before tokenizing it (seconds for megabytes of text): no token is
+    longer than the longest in the vocabulary, so `texts` make at least bytes / its length tokens."""
+    at_least = -(-sum(len(text.encode()) for text in texts) // state.max_token_bytes)
+    if at_least >= state.max_seq_len:
+        raise context_exceeded(state, f"at least {at_least}", param)
+
+
+def check_model(state: ServerState, name: str | None):
+    names = (state.model_name, *state.model_aliases)
+    if name is not None and name not in names:
+        raise ApiError(404, f"The model `{name}` does not exist: this server serves "
+                            f"{' or '.join(repr(n) for n in names)}.", param="model", code="model_not_found")
 
 
 def completion_prompts(state: ServerState, prompt) -> list[list[int]]:
@@ -343,9 +502,13 @@ def completion_prompts(state: ServerState, prompt) -> list[list[int]]:
         prompt = [prompt]
     if not prompt:
         raise ApiError(400, "prompt: must not be empty", param="prompt")
+    if len(prompt) > state.max_prompts:
+        raise ApiError(400, f"prompt: {len(prompt)} prompts, at most {state.max_prompts} in one request "
+                            "(--max_prompts)", param="prompt")
     vocab, prompts = state.engine.config.vocab_size, []
     for p in prompt:
         if isinstance(p, str):
+            check_text_size(state, [p], "prompt")
             prompts.append(text_prompt_ids(state.tokenizer, p))
             continue
         if not p:
@@ -459,25 +622,35 @@ def require_key(request: Request):
 api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
 
-@api.post("/chat/completions")
-async def chat_completions(request: Request):
-    body = await parse_body(request, ChatRequest)
-    state = state_of(request)
+def chat_generation(state: ServerState, body: ChatRequest) -> Generation:
+    """The request as a Generation: the conversation rendered and tokenized (in a worker thread)."""
     names, forced = read_tool_choice(body)
     messages, _ = normalize_messages([m.as_template_dict() for m in body.messages])
+    # Templates show user, system and tool texts whole (an assistant's may lose its <think> part).
+    check_text_size(state, [m["content"] for m in messages if m["role"] != "assistant"], "messages")
     tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
     prompt = chat_prompt_ids(state.tokenizer, messages, tools)
     # The forced text is part of the prompt the model reads (and counts in usage.prompt_tokens).
     prompt += state.tokenizer(forced, add_special_tokens=False)["input_ids"]
-    gen = Generation(state, [prompt], body, body.max_completion_tokens or body.max_tokens, split_think=True,
-                     tools=names, forced=forced, one_call=body.parallel_tool_calls is False)
+    return Generation(state, [prompt], body, body.max_completion_tokens or body.max_tokens, split_think=True,
+                      logprobs=(body.top_logprobs or 0) if body.logprobs else None, tools=names, forced=forced,
+                      one_call=body.parallel_tool_calls is False)
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: Request):
+    body = await parse_body(request, ChatRequest)
+    state = state_of(request)
+    check_model(state, body.model)
+    gen = await asyncio.to_thread(chat_generation, state, body)  # tokenizing a long prompt takes a while
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": state.model_name,
             "system_fingerprint": None}
     if body.stream:
         calls_sent = [0] * len(gen.replies)
 
         def choice(i, delta, finish):
-            out = {"index": i, "delta": chat_delta(delta, calls_sent[i]), "logprobs": None, "finish_reason": finish}
+            out = {"index": i, "delta": chat_delta(delta, calls_sent[i]),
+                   "logprobs": gen.chat_logprobs(i) if body.logprobs else None, "finish_reason": finish}
             calls_sent[i] += len(delta.tool_calls)
             return out
 
@@ -488,8 +661,8 @@ async def chat_completions(request: Request):
                                                include_usage), media_type="text/event-stream")
     async for _ in gen.events(client=request):
         pass
-    choices = [{"index": i, "message": chat_message(reply), "logprobs": None, "finish_reason": gen.finish_reasons[i]}
-               for i, reply in enumerate(gen.replies)]
+    choices = [{"index": i, "message": chat_message(reply), "logprobs": gen.chat_logprobs(i) if body.logprobs
+                else None, "finish_reason": gen.finish_reasons[i]} for i, reply in enumerate(gen.replies)]
     return {**head, "object": "chat.completion", "choices": choices, "usage": gen.usage}
 
 
@@ -497,14 +670,16 @@ async def chat_completions(request: Request):
 async def completions(request: Request):
     body = await parse_body(request, CompletionRequest)
     state = state_of(request)
+    check_model(state, body.model)
     want_logprobs = body.logprobs is not None
     if want_logprobs and body.logprobs > 1:
-        raise ApiError(400, f"logprobs={body.logprobs}: this server returns the sampled token's log-prob only "
-                            "(logprobs 0 or 1), not top_logprobs alternatives", param="logprobs")
+        raise ApiError(400, f"logprobs={body.logprobs}: /v1/completions returns the sampled token's log-prob only "
+                            "(logprobs 0 or 1); chat completions offer top_logprobs", param="logprobs")
     if want_logprobs and body.stream:
         raise ApiError(400, "logprobs: not available with stream: true", param="logprobs")
-    gen = Generation(state, completion_prompts(state, body.prompt), body, body.max_tokens or 16,  # OpenAI's: 16
-                     split_think=False, logprobs=want_logprobs)
+    gen = await asyncio.to_thread(lambda: Generation(  # tokenizing many long prompts takes a while
+        state, completion_prompts(state, body.prompt), body, body.max_tokens or 16,  # OpenAI's default: 16
+        split_think=False, logprobs=0 if want_logprobs else None))
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": state.model_name, "system_fingerprint": None}
 
@@ -558,7 +733,8 @@ async def health(request: Request):
 
 
 def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | None = None,
-               max_batch_size: int = 16, max_seq_len: int | None = None) -> FastAPI:
+               max_batch_size: int = 16, max_seq_len: int | None = None, model_aliases=("minimind",),
+               max_body_mb: float = 4, max_prompts: int = 128) -> FastAPI:
     """The server around a loaded model: the engine thread runs while the app does."""
     limit = min(max_seq_len or model.config.max_position_embeddings, model.config.max_position_embeddings)
     engine = Engine(model, max_batch_size, eos_token_ids={tokenizer.eos_token_id, model.config.eos_token_id})
@@ -570,7 +746,9 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
         engine.stop()
 
     app = FastAPI(title="MiniMind OpenAI-compatible API", lifespan=lifespan)
-    app.state.minimind = ServerState(engine, tokenizer, model_name, limit, api_key)
+    app.state.minimind = ServerState(engine, tokenizer, model_name, tuple(model_aliases), limit,
+                                     token_bytes(tokenizer, model.config.vocab_size), int(max_body_mb * 2**20),
+                                     max_prompts, api_key)
     app.add_exception_handler(ApiError, lambda request, exc: exc.response())
     app.add_exception_handler(HTTPException, http_error)
     app.include_router(api)
@@ -588,7 +766,14 @@ def main():
     parser.add_argument("--max_batch_size", type=int, default=16, help="requests decoded together")
     parser.add_argument("--max_seq_len", type=int, default=2048, help="prompt + completion limit, in tokens")
     parser.add_argument("--model_name", default=None, help="the id /v1/models reports (default: the file name)")
+    parser.add_argument("--model_alias", action="append", default=None,
+                        help="another name requests may use (repeatable or comma-separated; default: minimind)")
+    parser.add_argument("--max_body_mb", type=float, default=4, help="larger request bodies get a 413")
+    parser.add_argument("--max_prompts", type=int, default=128, help="prompts per /v1/completions request")
     args = parser.parse_args()
+    if args.max_body_mb <= 0 or args.max_prompts < 1:
+        parser.error("--max_body_mb must be > 0 and --max_prompts >= 1")
+    aliases = [a for flag in args.model_alias or ["minimind"] for a in flag.split(",") if a]
 
     import uvicorn
 
@@ -598,8 +783,9 @@ def main():
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     name = args.model_name or os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
-    app = create_app(model, tokenizer, name, args.api_key, args.max_batch_size, args.max_seq_len)
-    print(f"serving {path} as '{name}' on http://{args.host}:{args.port}/v1 "
+    app = create_app(model, tokenizer, name, args.api_key, args.max_batch_size, args.max_seq_len, aliases,
+                     args.max_body_mb, args.max_prompts)
+    print(f"serving {path} as '{name}'{''.join(f' or {a!r}' for a in aliases)} on http://{args.host}:{args.port}/v1 "
           f"(batch {args.max_batch_size}, context {app.state.minimind.max_seq_len}"
           f"{', API key required' if args.api_key else ''})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -1,4 +1,5 @@
 """The continuous-batching engine, and the API server through the official `openai` client on localhost."""
+import copy
 import json
 import socket
 import threading
@@ -13,6 +14,7 @@ import pytest
 import torch
 import uvicorn
 
+from model.chat import chat_prompt_ids
 from model.serving import Engine, SamplingParams
 from model.generation import generate
 from scripts.serve_openai_api import create_app
@@ -316,6 +318,10 @@ BAD_CHAT = {
     "repetition_penalty huge": {"messages": USER, "repetition_penalty": 100},
     "seed not a number": {"messages": USER, "seed": "x"},
     "stream not a bool": {"messages": USER, "stream": "yes"},
+    "frequency_penalty above 2": {"messages": USER, "frequency_penalty": 2.5},
+    "presence_penalty below -2": {"messages": USER, "presence_penalty": -3},
+    "top_logprobs above 20": {"messages": USER, "logprobs": True, "top_logprobs": 21},
+    "top_logprobs without logprobs": {"messages": USER, "top_logprobs": 2},
 }
 BAD_COMPLETION = {
     "missing prompt": {"max_tokens": 5},
@@ -344,3 +350,78 @@ def test_server_still_answers_after_bad_input(random_server):
     assert settled_health(random_server)["running"] == 0
     context = raw_post(random_server, "/v1/chat/completions", BAD_CHAT["prompt over the context"])[1]["error"]
     assert context["code"] == "context_length_exceeded" and "2048" in context["message"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Log-probs and penalties, against decoding written out plainly in float64
+
+
+def reference_greedy(model, prompt, max_tokens, frequency_penalty=0.0, presence_penalty=0.0):
+    """Greedy tokens by a full forward per token in float64, OpenAI's penalties on the counts of the tokens
+    generated so far, until eos or max_tokens; and each step's log_softmax of the model's own logits."""
+    model = copy.deepcopy(model).double()
+    ids, tokens, logps = list(prompt), [], []
+    counts = torch.zeros(model.config.vocab_size, dtype=torch.float64)
+    with torch.no_grad():
+        while len(tokens) < max_tokens and tokenizer().eos_token_id not in tokens:
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            logps.append(logits.log_softmax(-1))
+            token = int((logits - counts * frequency_penalty - (counts > 0) * presence_penalty).argmax())
+            tokens.append(token)
+            ids.append(token)
+            counts[token] += 1
+    return tokens, logps
+
+
+def test_chat_logprobs_equal_a_float64_reference(random_server):
+    tokens, logps = reference_greedy(tiny_model(), chat_prompt_ids(tokenizer(), USER), 8)  # random_server's model
+    api = client(random_server)
+    ask = dict(model="tiny", messages=USER, max_tokens=8, temperature=0, logprobs=True, top_logprobs=5)
+    result = api.chat.completions.create(**ask)
+    content = result.choices[0].logprobs.content  # parsed by the client into its types
+    assert len(content) == len(tokens) == result.usage.completion_tokens
+    for entry, token, logp in zip(content, tokens, logps):
+        assert entry.token == tokenizer().decode([token])
+        assert entry.logprob == pytest.approx(logp[token].item(), abs=1e-4)
+        values, ids = logp.topk(5)
+        assert [alt.token for alt in entry.top_logprobs] == [tokenizer().decode([i]) for i in ids.tolist()]
+        assert [alt.logprob for alt in entry.top_logprobs] == pytest.approx(values.tolist(), abs=1e-4)
+    # a character may span tokens: the bytes join into the reply's text
+    assert bytes(b for entry in content for b in entry.bytes).decode(errors="replace") == tokenizer().decode(tokens)
+    # streamed, each chunk carries the log-probs of its own tokens
+    chunks = api.chat.completions.create(**ask, stream=True)
+    streamed = [entry for chunk in chunks for c in chunk.choices if c.logprobs for entry in c.logprobs.content]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+    plain = api.chat.completions.create(**{**ask, "logprobs": None, "top_logprobs": None})
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == result.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def repetitive_server():
+    """A random model with tied embeddings: greedy, it repeats one token, unless penalised."""
+    with live_server(tiny_model(tie_word_embeddings=True)) as url:
+        yield url
+
+
+def test_frequency_and_presence_penalties_equal_a_reference_loop(repetitive_server):
+    prompt = chat_prompt_ids(tokenizer(), USER)
+    settings = [{}, {"frequency_penalty": 0.5}, {"presence_penalty": 1.0},
+                {"frequency_penalty": 0.3, "presence_penalty": -0.2}]
+    expected = [reference_greedy(tiny_model(tie_word_embeddings=True), prompt, 12, **s)[0] for s in settings]
+    assert len(set(map(tuple, expected))) == len(settings)  # each penalty changes the reply
+    api = client(repetitive_server)
+
+    def completion(penalties):  # token ids in and out
+        result = api.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, logprobs=0,
+                                        extra_body={"return_tokens_as_token_ids": True}, **penalties)
+        return [int(t.removeprefix("token_id:")) for t in result.choices[0].logprobs.tokens]
+
+    def chat(penalties):
+        result = api.chat.completions.create(model="tiny", messages=USER, max_tokens=12, temperature=0,
+                                             logprobs=True, **penalties)
+        return [entry.token for entry in result.choices[0].logprobs.content]
+
+    with ThreadPoolExecutor(2 * len(settings)) as pool:  # all at once: rows with other penalties share the batch
+        completions, chats = pool.map(completion, settings), pool.map(chat, settings)
+        assert list(completions) == expected
+        assert list(chats) == [[tokenizer().decode([t]) for t in tokens] for tokens in expected]
