@@ -12,6 +12,7 @@ import csv
 import glob
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -207,15 +208,48 @@ class Task:
     categories: dict = field(default_factory=dict)  # subject -> category
 
     def read(self, path: str, split: str, bad: BadRows) -> list[Question]:
-        """Questions of one split, from a folder in the official layout (or a single .jsonl file)."""
+        """Questions of one split, from a folder in the official layout or a single file: a .jsonl, or one
+        subject's .csv named as in the layout (law_val.csv for C-Eval, agronomy.csv for CMMLU)."""
         if self.csv_name is None:
             return read_jsonl_questions(jsonl_split_file(path, split), self.name, bad)
-        files = sorted(glob.glob(os.path.join(path, split, self.csv_name.format(subject="*", split=split))))
+        if os.path.isfile(path):
+            files = [path]
+        else:
+            files = sorted(glob.glob(os.path.join(path, split, self.csv_name.format(subject="*", split=split))))
         if not files:
             expected = os.path.join(path, split, self.csv_name.format(subject="<subject>", split=split))
             raise BenchmarkDataError(f"{path}: no {self.name} files for split '{split}' (expected {expected})")
-        suffix = len(self.csv_name.format(subject="", split=split))
-        return [q for f in files for q in read_csv_questions(f, os.path.basename(f)[:-suffix], *self.csv_columns, bad)]
+        return [q for f in files for q in read_csv_questions(f, self.csv_subject(f, split), *self.csv_columns, bad)]
+
+    def csv_subject(self, path: str, split: str) -> str:
+        """The subject a csv file's name gives: law_val.csv -> law (C-Eval), agronomy.csv -> agronomy (CMMLU)."""
+        name, suffix = os.path.basename(path), self.csv_name.format(subject="", split=split)
+        if len(name) <= len(suffix) or not name.endswith(suffix):
+            raise BenchmarkDataError(f"{path}: a {self.name} file of split '{split}' is named "
+                                     f"{self.csv_name.format(subject='<subject>', split=split)} "
+                                     "(pass --split for another split)")
+        return name[:-len(suffix)]
+
+    def read_shots(self, path: str, split: str, bad: BadRows) -> list[Question]:
+        """The few-shot pool for `read(path, split)`. A folder: its shot split. A single .jsonl file: the file
+        itself (`fewshot_examples` never hands a question itself). A single csv file: its subject's shot file
+        beside it or where the official layout puts it (val/law_val.csv -> val/law_dev.csv or
+        dev/law_dev.csv), and nothing else: C-Eval and CMMLU draw shots from dev, and drawing them from the
+        evaluated file would quietly change the benchmark."""
+        if not os.path.isfile(path):
+            return self.read(path, self.shot_split, bad)
+        if self.csv_name is None:
+            return self.read(path, split, BadRows(skip=True))  # its bad rows were reported by the first read
+        subject = self.csv_subject(path, split)
+        name = self.csv_name.format(subject=subject, split=self.shot_split)
+        folder = os.path.dirname(os.path.abspath(path))
+        candidates = [os.path.join(folder, name), os.path.join(os.path.dirname(folder), self.shot_split, name)]
+        # CMMLU's names carry no split, so the file beside it may be the evaluated file itself.
+        found = [c for c in candidates if os.path.isfile(c) and not os.path.samefile(c, path)]
+        if not found:
+            raise BenchmarkDataError(f"{path}: --num_fewshot takes examples from the subject's {self.shot_split} "
+                                     f"file, and there is none at {' or '.join(candidates)}")
+        return read_csv_questions(found[0], subject, *self.csv_columns, bad)
 
 
 TASKS = {
@@ -348,11 +382,15 @@ class OptionScores:
     tokens: list[int] = field(default_factory=list)
     chars: list[int] = field(default_factory=list)
 
-    def prediction(self, length_norm: str = "none") -> int:
-        """The likeliest option; ties go to the first (numpy's argmax, as lm-eval). `length_norm`:
-        none (lm-eval acc), chars (acc_norm: per character of the option), tokens (per token)."""
+    def normalized(self, length_norm: str = "none") -> list[float]:
+        """The scores the decision compares. `length_norm`: none (lm-eval acc: the log-likelihood itself),
+        chars (acc_norm: per character of the option), tokens (per token)."""
         lengths = {"none": [1] * len(self.loglik), "chars": self.chars, "tokens": self.tokens}[length_norm]
-        scores = [ll / max(n, 1) for ll, n in zip(self.loglik, lengths)]
+        return [ll / max(n, 1) for ll, n in zip(self.loglik, lengths)]
+
+    def prediction(self, length_norm: str = "none") -> int:
+        """The best-scoring option; ties go to the first (numpy's argmax, as lm-eval)."""
+        scores = self.normalized(length_norm)
         return scores.index(max(scores))
 
 
@@ -435,6 +473,32 @@ def aggregate(questions: list[Question], predictions: list[int], categories: dic
     return results
 
 
+def question_records(questions: list[Question], scores: list[OptionScores], length_norm: str) -> list[dict]:
+    """One JSON-ready record per question, so a reviewer can check a run: where it was read (index among
+    the evaluated questions; file and row), its subject, the gold and predicted letters, and each option's
+    summed log-likelihood beside the length-normalised score the prediction compared."""
+    records = []
+    for index, (q, s) in enumerate(zip(questions, scores)):
+        normalized, predicted = s.normalized(length_norm), s.prediction(length_norm)
+        records.append({"index": index, "subject": q.subject, "where": q.where, "question": q.question,
+                        "answer": LETTERS[q.answer], "prediction": LETTERS[predicted],
+                        "correct": predicted == q.answer,
+                        "options": [{"label": LETTERS[i], "text": text, "loglik": ll, "score": score}
+                                    for i, (text, ll, score) in enumerate(zip(q.choices, s.loglik, normalized))]})
+    return records
+
+
+def warn_unknown_subjects(task: Task, questions: list[Question]):
+    """One stderr line naming the subjects the task's table lacks: their prompt names them as written (not
+    in Chinese) and C-Eval files them under 'Other', which a reader of the results should know."""
+    if not task.subject_names:  # tasks whose prompts name no subject
+        return
+    unknown = sorted({q.subject for q in questions} - set(task.subject_names))
+    if unknown:
+        print(f"warning: subject(s) not in {task.name}'s table: {', '.join(unknown)} (the prompt names them as "
+              f"written{'; category Other' if task.categories else ''})", file=sys.stderr)
+
+
 def first_per_subject(questions: list[Question], limit: int) -> list[Question]:
     """The first `limit` questions of each subject, in file order."""
     seen = {}
@@ -450,11 +514,12 @@ def run_benchmark(model, tokenizer, task: str, data_path: str, split: str | None
                   chat: bool = False, length_norm: str = "none", subjects: list[str] | None = None,
                   limit: int | None = None, skip_bad: bool = False, batch_size: int = 16,
                   max_seq_len: int | None = None, progress: bool = True) -> dict:
-    """Read a benchmark in its official layout, score it, and return the results (JSON-ready).
+    """Read a benchmark in its official layout, score it, and return the results (JSON-ready): totals, and
+    under "per_question" one record per question (`question_records`).
 
     `subjects` keeps only those; `limit` keeps the first n questions of each subject (quick looks).
     Few-shot examples come from the task's dev/train split, or from the evaluated file when it is a single
-    .jsonl (never the question itself).
+    .jsonl (never the question itself): `Task.read_shots`.
     """
     spec = TASKS[task]
     split = split or spec.split
@@ -469,14 +534,14 @@ def run_benchmark(model, tokenizer, task: str, data_path: str, split: str | None
         questions = first_per_subject(questions, limit)
     if not questions:
         raise BenchmarkDataError(f"{data_path}: no questions to evaluate (split '{split}', subjects {subjects})")
-    pool = None
-    if num_fewshot:
-        pool = questions if os.path.isfile(data_path) else spec.read(data_path, spec.shot_split, bad)
+    warn_unknown_subjects(spec, questions)
+    pool = spec.read_shots(data_path, split, bad) if num_fewshot else None
     scores = score_questions(model, tokenizer, spec, questions, pool, num_fewshot, chat, batch_size, max_seq_len,
                              progress)
     predictions = [s.prediction(length_norm) for s in scores]
     return {"task": task, "data_path": data_path, "split": split, "num_fewshot": num_fewshot, "chat": chat,
-            "length_norm": length_norm, "skipped": bad.skipped, **aggregate(questions, predictions, spec.categories)}
+            "length_norm": length_norm, "skipped": bad.skipped, **aggregate(questions, predictions, spec.categories),
+            "per_question": question_records(questions, scores, length_norm)}
 
 
 def benchmark_markdown(results: dict, subjects: bool = True) -> str:

@@ -11,12 +11,13 @@ import csv
 import importlib.util
 import json
 import math
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model.benchmark import (TASKS, BadRows, BenchmarkDataError, Question, aggregate, benchmark_markdown,
+from model.benchmark import (LETTERS, TASKS, BadRows, BenchmarkDataError, Question, aggregate, benchmark_markdown,
                              build_prompt, encode_pair, fewshot_examples, run_benchmark, score_questions)
 from model.loss_eval import bits_per_byte
 from model.chat import DEFAULT_TOKENIZER
@@ -271,6 +272,84 @@ def test_eval_benchmark_script_on_ceval(trained, tmp_path, capsys):
     with pytest.raises(SystemExit, match="logic_val.csv row 1 \\(line 2\\): answer 'X' is not one of A, B, C, D"):
         eval_benchmark(flags)
     assert eval_benchmark(flags + ["--skip_bad"])["overall"]["questions"] == 3
+
+
+
+def test_a_single_csv_file_is_one_subject_with_shots_from_its_dev_file(trained, tmp_path):
+    root = ceval_fixture(tmp_path / "ceval")
+    run = lambda task, path, **kw: run_benchmark(trained, tokenizer(), task, str(path), progress=False, **kw)
+    logliks = lambda results: [o["loglik"] for r in results["per_question"] for o in r["options"]]
+    folder = run("ceval", root, num_fewshot=1, subjects=["law"])
+    official = run("ceval", root / "val" / "law_val.csv", num_fewshot=1)  # shots from ../dev/law_dev.csv
+    assert official["subjects"] == folder["subjects"] and logliks(official) == pytest.approx(logliks(folder))
+    flat = tmp_path / "flat"  # the dev file beside the evaluated one
+    flat.mkdir()
+    for name in ("val/law_val.csv", "dev/law_dev.csv"):
+        shutil.copy(root / name, flat)
+    assert logliks(run("ceval", flat / "law_val.csv", num_fewshot=1)) == pytest.approx(logliks(folder))
+    alone = tmp_path / "alone" / "law_val.csv"
+    alone.parent.mkdir()
+    shutil.copy(root / "val" / "law_val.csv", alone)
+    assert run("ceval", alone)["subjects"] == run("ceval", root, subjects=["law"])["subjects"]  # zero-shot
+    with pytest.raises(BenchmarkDataError, match="--num_fewshot takes examples from the subject's dev file"):
+        run("ceval", alone, num_fewshot=1)
+    with pytest.raises(BenchmarkDataError, match="law_val.csv: a ceval file of split 'dev' is named <subject>_dev.csv"):
+        run("ceval", root / "val" / "law_val.csv", split="dev")
+    # CMMLU's names carry no split: test/agronomy.csv takes its shots from dev/agronomy.csv, not from itself
+    header = ["", "Question", "A", "B", "C", "D", "Answer"]
+    write_csv(tmp_path / "cmmlu" / "test" / "agronomy.csv", header, [["0", "农学问题", "a", "b", "c", "d", "D"]])
+    write_csv(tmp_path / "cmmlu" / "dev" / "agronomy.csv", header, [["0", "农学例题", "a", "b", "c", "d", "A"]])
+    single = run("cmmlu", tmp_path / "cmmlu" / "test" / "agronomy.csv", num_fewshot=1)
+    assert list(single["subjects"]) == ["agronomy"]
+    assert logliks(single) == pytest.approx(logliks(run("cmmlu", tmp_path / "cmmlu", num_fewshot=1)))
+
+
+def test_an_unknown_subject_is_named_once_and_still_scored(trained, tmp_path, capsys):
+    root = ceval_fixture(tmp_path / "ceval")
+    header = ["id", "question", "A", "B", "C", "D", "answer"]
+    for subject in ("made_up", "zz_made_up"):
+        write_csv(root / "val" / f"{subject}_val.csv", header, [[str(i), f"问题{i}", "a", "b", "c", "d", "A"]
+                                                                for i in range(3)])
+    results = run_benchmark(trained, tokenizer(), "ceval", str(root), progress=False)
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: subject(s) not in ceval's table: made_up, zz_made_up (the prompt names them as written; "
+        "category Other)"]
+    assert results["subjects"]["made_up"]["questions"] == 3 and results["categories"]["Other"]["subjects"] == 3
+    run_benchmark(trained, tokenizer(), "ceval", str(root), subjects=["law"], progress=False)
+    assert capsys.readouterr().err == ""  # known subjects only
+
+
+def test_output_lists_every_question_with_its_option_scores(trained, tmp_path):
+    save_checkpoint(trained, tmp_path)
+    data = write_jsonl(tmp_path / "mixed.jsonl", mixed_rows())
+    out = tmp_path / "results.json"
+    eval_benchmark(["--model_mode", "1", "--out_dir", str(tmp_path), "--hidden_size", "64", "--device", "cpu",
+                    "--dtype", "float32", "--task", "jsonl", "--data_path", str(data), "--length_norm", "chars",
+                    "--output", str(out)])
+    results = json.loads(out.read_text())
+    assert results["per_question_file"] == "results.questions.jsonl" and results["overall"]["questions"] == 8
+    records = [json.loads(line) for line in (tmp_path / "results.questions.jsonl").read_text().splitlines()]
+    rows = mixed_rows()
+    assert [(r["index"], r["subject"], r["question"], r["answer"]) for r in records] == [
+        (i, row["subject"], row["question"], LETTERS[row["answer"]]) for i, row in enumerate(rows)]
+    assert records[5]["where"] == f"{data} line 6"
+    assert sum(r["correct"] for r in records) == results["overall"]["correct"]
+    for r in records:  # the decision follows the normalised score: log-likelihood per character
+        scores = [o["score"] for o in r["options"]]
+        assert scores == pytest.approx([o["loglik"] / len(o["text"]) for o in r["options"]])
+        assert r["prediction"] == LETTERS[scores.index(max(scores))]
+        assert r["correct"] == (r["prediction"] == r["answer"])
+    # One question's option log-likelihoods from a hand-written prompt and a float64 copy of the model
+    tok, model64 = tokenizer(), copy.deepcopy(trained).double()
+    prompt = f"Question: {rows[5]['question']}\nAnswer:"
+    context = [tok.bos_token_id] + tok.encode(prompt, add_special_tokens=False)
+    expected = []
+    for text in rows[5]["choices"]:
+        ids = [tok.bos_token_id] + tok.encode(f"{prompt} {text}", add_special_tokens=False)
+        assert ids[:len(context)] == context
+        expected.append(float(float64_logprobs(model64, ids)[len(context) - 1:].sum()))
+    assert [o["text"] for o in records[5]["options"]] == rows[5]["choices"]
+    assert [o["loglik"] for o in records[5]["options"]] == pytest.approx(expected, abs=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------
