@@ -6,8 +6,9 @@
     python scripts/convert_model.py --model_mode 1 --to hf --llama --out out/minimind-llama
     # Hugging Face folder (MiniMind or Llama) -> .pth + JSON meta, as the training stages write them
     python scripts/convert_model.py --load_from out/minimind-hf --to pth --out out/full_sft_512.pth
-    # GGUF for llama.cpp / Ollama (dense models; f16 or f32)
+    # GGUF for llama.cpp / Ollama (dense models): f16 (default), f32, or quantized q8_0 / q4_0 / q4_k_m
     python scripts/convert_model.py --model_mode 1 --to gguf --out out/minimind.gguf
+    python scripts/convert_model.py --model_mode 1 --to gguf --gguf_type q8_0 --out out/minimind-q8_0.gguf
     # any of the above with LoRA weights folded in first
     python scripts/convert_model.py --model_mode 1 --lora_path out/lora/lora_identity_512.pth --to pth \\
         --out out/full_sft_identity_512.pth
@@ -123,8 +124,21 @@ def add_tokenizer(writer, tokenizer, vocab_size: int):
     writer.add_chat_template(tokenizer.chat_template)
 
 
-def save_gguf(model: MiniMindForCausalLM, tokenizer, path: str, dtype: torch.dtype = torch.float16) -> str:
+# Weight types of a GGUF file. q8_0 and q4_0 (blocks of 32 values sharing one scale: 8.5 and 4.5 bits per
+# weight) are written here with gguf-py's quantizers. q4_k_m (llama.cpp's k-quants: super-blocks of 256
+# with 6-bit sub-block scales, attention-v and ffn-down in q6_k) only exists in llama.cpp's C code, so it
+# is an f16 file requantized by llama.cpp's own `llama_model_quantize` (llama-cpp-python).
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
+
+
+def save_gguf(model: MiniMindForCausalLM, tokenizer, path: str, dtype: torch.dtype = torch.float16,
+              gguf_type: str | None = None) -> str:
+    """`gguf_type` (one of GGUF_TYPES) overrides `dtype` (f16 or f32)."""
     import gguf
+
+    gguf_type = gguf_type or ("f16" if dtype == torch.float16 else "f32" if dtype == torch.float32 else None)
+    if gguf_type == "q4_k_m":
+        return requantize_gguf(save_gguf(model, tokenizer, path + ".f16.tmp", gguf_type="f16"), path, "q4_k_m")
 
     config = model.config
     if config.use_moe:
@@ -133,8 +147,8 @@ def save_gguf(model: MiniMindForCausalLM, tokenizer, path: str, dtype: torch.dty
     if config.yarn_params:
         raise CheckpointError("GGUF export without YaRN: convert the checkpoint as trained (no "
                               "inference_rope_scaling); llama.cpp has its own --rope-scaling yarn flags")
-    if dtype not in (torch.float16, torch.float32):
-        raise CheckpointError("GGUF export writes float16 or float32")
+    if gguf_type not in GGUF_TYPES:
+        raise CheckpointError(f"GGUF export writes {', '.join(GGUF_TYPES)} (--gguf_type), not {gguf_type or dtype}")
     arch = gguf.MODEL_ARCH.LLAMA
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_name("MiniMind")
@@ -148,7 +162,9 @@ def save_gguf(model: MiniMindForCausalLM, tokenizer, path: str, dtype: torch.dty
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == torch.float16 else gguf.LlamaFileType.ALL_F32)
+    file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+    writer.add_file_type(file_types[gguf_type])
     add_tokenizer(writer, tokenizer, config.vocab_size)
 
     names = gguf.TensorNameMap(arch, config.num_hidden_layers)  # HF Llama names -> GGUF names
@@ -160,13 +176,52 @@ def save_gguf(model: MiniMindForCausalLM, tokenizer, path: str, dtype: torch.dty
         projection = name.split(".")[-2]
         if projection in heads:
             tensor = unrotate_half(tensor, heads[projection])
-        # llama.cpp keeps 1-D tensors (the norms) in float32.
-        array = tensor.numpy().astype(np.float16 if dtype == torch.float16 and tensor.ndim == 2 else np.float32)
-        writer.add_tensor(names.get_name(name, try_suffixes=(".weight",)), array)
+        gguf_name = names.get_name(name, try_suffixes=(".weight",))
+        data, raw_dtype = gguf_tensor(tensor.numpy(), gguf_name, gguf_type)
+        writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def gguf_tensor(array: np.ndarray, name: str, gguf_type: str) -> tuple:
+    """(data, raw_dtype) of one tensor as llama.cpp expects it. The norms (1-D) stay float32. A q4_0 file
+    keeps the embedding and output matrices in q8_0, the tensors 4 bits hurt most (llama.cpp's own q4_0
+    files give the output more bits too); rows that are not whole 32-value blocks stay f16."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    if array.ndim < 2 or gguf_type == "f32":
+        return array.astype(np.float32), None
+    kind = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0}.get(gguf_type)
+    if kind == Q.Q4_0 and name in ("token_embd.weight", "output.weight"):
+        kind = Q.Q8_0
+    if kind is None or array.shape[-1] % 32:
+        return array.astype(np.float16), None
+    return quants.quantize(array.astype(np.float32), kind), kind
+
+
+def requantize_gguf(source: str, path: str, gguf_type: str) -> str:
+    """llama.cpp's quantizer (through llama-cpp-python) from an f16 GGUF `source` (removed after)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        os.remove(source)
+        raise CheckpointError(f"--gguf_type {gguf_type} is llama.cpp's own quantizer: pip install -r "
+                              "requirements-llama-cpp.txt, or quantize an f16 GGUF with llama.cpp's llama-quantize")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[gguf_type]
+    try:
+        status = llama_cpp.llama_model_quantize(source.encode(), (path + ".tmp").encode(), params)
+        if status != 0:
+            raise CheckpointError(f"llama.cpp could not quantize {source} to {gguf_type} (status {status})")
+        os.replace(path + ".tmp", path)
+    finally:
+        for leftover in (source, path + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
 
 
@@ -184,6 +239,8 @@ def parse_args(argv=None):
     parser.add_argument("--lora_path", default=None, help="fold these LoRA weights into the model first")
     parser.add_argument("--save_dtype", default="float16", choices=list(DTYPES),
                         help="weights as written (training saves float16, so float16 loses nothing)")
+    parser.add_argument("--gguf_type", default=None, choices=GGUF_TYPES,
+                        help="--to gguf: the weight type (default: f16, or f32 with --save_dtype float32)")
     return parser.parse_args(argv)
 
 
@@ -203,7 +260,7 @@ def main(argv=None):
             save_weights(model, args.out, {"stage": "converted", "source": source, "lora": args.lora_path},
                          dtype=dtype)
         else:
-            save_gguf(model, tokenizer, args.out, dtype)
+            save_gguf(model, tokenizer, args.out, dtype, args.gguf_type)
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"{source}{' + ' + args.lora_path if args.lora_path else ''} -> {args.out}")

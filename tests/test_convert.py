@@ -11,7 +11,7 @@ from model.checkpoint import load_model
 from model.model_lora import apply_lora, save_lora
 from model.generation import generate
 from scripts.convert_model import main as convert
-from tests.helpers import save_checkpoint, tiny_model, tokenizer
+from tests.helpers import memorizing_model, save_checkpoint, tiny_model, tokenizer
 
 IDS = torch.tensor([[1, 300, 2000, 45, 6000, 17, 205, 3]])
 
@@ -76,11 +76,11 @@ def test_conversion_errors_are_messages(tmp_path, capsys):
     assert "nope.pth not found" in str(exit_info.value.code)
 
 
-def export_gguf(tmp_path, model, dtype="float32"):
+def export_gguf(tmp_path, model, dtype="float32", gguf_type=None):
     save_checkpoint(model, tmp_path)
-    path = tmp_path / "tiny.gguf"
+    path = tmp_path / f"tiny-{gguf_type or dtype}.gguf"
     convert(["--model_mode", "1", "--out_dir", str(tmp_path), "--hidden_size", "64", "--to", "gguf", "--out",
-             str(path), "--save_dtype", dtype])
+             str(path), "--save_dtype", dtype] + (["--gguf_type", gguf_type] if gguf_type else []))
     return path
 
 
@@ -124,6 +124,39 @@ def test_gguf_reads_back_with_the_right_tensors_and_metadata(tmp_path, tied):
     assert norm.data.dtype.name == "float32" and (norm.data == state["model.norm.weight"].numpy()).all()
 
 
+@pytest.mark.parametrize("gguf_type, bits", [("q8_0", 8), ("q4_0", 4)])
+def test_quantized_gguf_holds_the_weights_to_within_half_a_quantization_step(tmp_path, gguf_type, bits):
+    gguf = pytest.importorskip("gguf")
+    from gguf import GGMLQuantizationType as Q
+    from scripts.convert_model import unrotate_half
+    model = tiny_model()
+    path = export_gguf(tmp_path, model, gguf_type=gguf_type)
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    kind = Q.Q8_0 if bits == 8 else Q.Q4_0
+    assert tensors["blk.0.ffn_down.weight"].tensor_type == kind
+    assert tensors["token_embd.weight"].tensor_type == Q.Q8_0  # q4_0 keeps the embedding at 8 bits
+    assert tensors["output_norm.weight"].tensor_type == Q.F32
+    down = tensors["blk.0.ffn_down.weight"]  # 32 values in 34 bytes (q8_0) or 18 (q4_0): scale + codes
+    assert down.n_bytes == down.n_elements // 32 * (34 if bits == 8 else 18)
+    state = model.state_dict()
+    for gguf_name, name, heads in (("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight", 4),
+                                   ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight", None)):
+        weight = state[name].half().float()  # the checkpoint holds float16
+        weight = unrotate_half(weight, heads) if heads else weight
+        t = tensors[gguf_name]
+        restored = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type)).reshape(weight.shape)
+        # each block of 32 shares one scale (a step), its largest value over 127 (q8_0) or 8 (q4_0): the error
+        # is at most half a step (a whole one for q4_0, whose codes -8..7 clip the side opposite the largest
+        # value), plus the float16 roundings (2^-11 relative) of the step and of the restored value (gguf-py
+        # multiplies in float16), each at most the largest code times 2^-11 steps
+        levels = 127 if bits == 8 else 8
+        blocks, error = weight.reshape(-1, 32), (restored - weight).reshape(-1, 32)
+        step = blocks.abs().amax(dim=1, keepdim=True) / levels
+        rounding = 0.5 if bits == 8 else 1.0
+        assert (error.abs() <= step * (rounding + 2 * levels / 2048) + 1e-7).all(), gguf_name
+        assert error.abs().max() > 0  # really quantized
+
+
 def import_or_skip_outside_ci(name, install):
     """pytest.importorskip, except under CI (CI=true), where .ci/run installs the module and its absence fails."""
     if os.environ.get("CI", "").lower() in ("1", "true"):
@@ -132,6 +165,26 @@ def import_or_skip_outside_ci(name, install):
         except ImportError as e:
             pytest.fail(f"{name} is missing under CI ({e}): `{install}` (.ci/run does)")
     return pytest.importorskip(name, reason=f"{name} not installed: `{install}` (it compiles llama.cpp: 8 minutes on 2 cores)")
+
+
+@pytest.mark.parametrize("gguf_type", ["q8_0", "q4_0", "q4_k_m"])
+def test_llama_cpp_runs_quantized_ggufs_with_our_greedy_reply(tmp_path, gguf_type):
+    """A model that says its reply with a margin (every token p > 0.6) says it through llama.cpp at 8 and
+    4 bits too (q4_k_m: quantized by llama.cpp itself)."""
+    llama_cpp = import_or_skip_outside_ci("llama_cpp", "pip install -r requirements-llama-cpp.txt")
+    tok = tokenizer()
+    prompt = chat_prompt_ids(tok, [{"role": "user", "content": "1 + 23 = ?"}])
+    reply = tok("1 + 23 = 24。", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    model = memorizing_model([(prompt, reply)])
+    llm = llama_cpp.Llama(model_path=str(export_gguf(tmp_path, model, gguf_type=gguf_type)), n_ctx=256,
+                          n_threads=1, verbose=False)
+    theirs = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+        theirs.append(token)
+        if token == tok.eos_token_id or len(theirs) == len(reply):
+            break
+    llm.close()
+    assert theirs == reply
 
 
 def test_llama_cpp_runs_the_gguf_with_the_same_greedy_tokens(tmp_path):
