@@ -11,9 +11,9 @@ import torch
 
 import model.dataset as dataset_module
 from model.dataset import MAX_WARNINGS, DataError, DPODataset, JsonlIndex, PretrainDataset, RLPromptDataset, SFTDataset
+from demo import demo_file
 from tests.helpers import ROOT, tokenizer
 
-DEMO = os.path.join(ROOT, "dataset", "demo")
 TINY = ["--device", "cpu", "--dtype", "float32", "--hidden_size", "64", "--num_hidden_layers", "2",
         "--max_seq_len", "128", "--batch_size", "4", "--log_interval", "1", "--from_weight", "none"]
 OLD_LOG = "step,loss\n1,9.9\n"  # the previous run's log, which a refused run must leave as it is
@@ -47,7 +47,7 @@ def line(row):
 def bad_file(path, kind, n_good=40, bad=None):
     """The first n_good lines of the demo's <kind>.jsonl with the bad lines near the end, on every third line.
     Returns (path, {line number: reason} of the bad lines, the good lines)."""
-    with open(os.path.join(DEMO, f"{kind}.jsonl"), encoding="utf-8") as f:
+    with open(demo_file(f"{kind}.jsonl"), encoding="utf-8") as f:  # generated on first use (a clean clone)
         good = [next(f).rstrip("\n") for _ in range(n_good)]
     bad = BAD[kind] if bad is None else bad
     total = n_good + len(bad)
