@@ -122,11 +122,12 @@ def train(parser, args, data: str, tools: dict):
     if val_data and not args.resume:
         session.evaluate()  # the starting point, logged as step 0
     for batch in session.batches():
-        if tools:
-            scored = sample_episodes(rollout_engine, batch, G, session.progress.step, rewards, run,
-                                     args.tool_format_weight)
-        else:
-            scored = sample_and_score(rollout_engine, batch, G, session.progress.step, tokenizer, rewards, run)
+        with session.gathered():  # ZeRO-3: the whole model on each rank, whose replies end at other steps
+            if tools:
+                scored = sample_episodes(rollout_engine, batch, G, session.progress.step, rewards, run,
+                                         args.tool_format_weight)
+            else:
+                scored = sample_and_score(rollout_engine, batch, G, session.progress.step, tokenizer, rewards, run)
         advantages, zero_var = group_advantages(scored.rewards, G, args.scale_rewards)
         inputs = scored.rollout.batch(tokenizer.pad_token_id, run.device)
         keep = (~zero_var).repeat_interleave(G).to(run.device) if args.dynamic_sampling else None

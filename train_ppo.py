@@ -85,8 +85,9 @@ def main():
     if val_data and not args.resume:
         session.evaluate()  # the starting point, logged as step 0
     for batch in session.batches():
-        scored = sample_and_score(rollout_engine, batch, args.num_generations, session.progress.step, tokenizer,
-                                  rewards, run)
+        with session.gathered():  # ZeRO-3: the whole model on each rank, whose replies end at other steps
+            scored = sample_and_score(rollout_engine, batch, args.num_generations, session.progress.step,
+                                      tokenizer, rewards, run)
         inputs = scored.rollout.batch(tokenizer.pad_token_id, run.device)
         old_logp, mask = inputs["old_logprobs"], inputs["mask"]
         with torch.no_grad(), run.autocast():

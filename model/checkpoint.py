@@ -139,6 +139,11 @@ def save_weights(model: torch.nn.Module, path: str, meta: dict, dtype=torch.floa
     """The stage's product: a plain half-precision state dict plus a JSON meta (config, flags, progress)
     beside it, so the next stage rebuilds the model without being told its size."""
     model = unwrap(model)
+    # ZeRO-3 leaves each process 1/N of every weight (empty tensors here): refuse to write an empty model.
+    partitioned = [n for n, p in model.named_parameters() if p.numel() != getattr(p, "ds_numel", p.numel())]
+    if partitioned:
+        raise RuntimeError(f"save_weights: {partitioned[0]} and {len(partitioned) - 1} more are partitioned by "
+                           "ZeRO-3: save inside model.optimizer.whole_weights(model), entered by every process")
     state, converted = {}, {}
     for key, value in model.state_dict().items():
         if value.data_ptr() not in converted:  # tied weights stay one tensor, stored once

@@ -2,9 +2,12 @@
 torch.compile wrapping, and the guard against non-finite losses."""
 import json
 import math
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
+
+from .checkpoint import unwrap
 
 
 def cosine_lr(step: int, total_steps: int, max_lr: float, warmup: int = 0, min_ratio: float = 0.1) -> float:
@@ -25,6 +28,18 @@ def deepspeed_config(args, run) -> dict:
     return config
 
 
+def whole_weights(model):
+    """A context in which every weight of `model` is whole on every process, to be read (`state_dict()`, the
+    non-finite check, a save). ZeRO-3 keeps only 1/N of each weight on each of N processes; entering gathers
+    them (a collective: every process must enter), leaving drops the gathered copies again. A no-op for a
+    model that is not partitioned. Not for forward passes: use `Stepper.gathered()`."""
+    params = list(unwrap(model).parameters())
+    if not any(hasattr(p, "ds_id") for p in params):  # DeepSpeed marks the parameters it partitions
+        return nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters(params)
+
+
 class NonFiniteLoss(RuntimeError):
     """The run diverged: `max_bad` non-finite losses or gradient norms without a good step between."""
 
@@ -43,13 +58,17 @@ class Stepper:
         decay = [p for p in params if p.dim() >= 2]  # matrices decay; norms and biases do not
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.deepspeed = None
+        self.deepspeed, self.zero3 = None, False
         if args.deepspeed:
             import deepspeed
             optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
             self.deepspeed, self.optimizer, _, _ = deepspeed.initialize(
                 model=model, optimizer=optimizer, config=deepspeed_config(args, run))
             self.model = self.deepspeed
+            # ZeRO-3 partitions the weights themselves. The model was built whole on every process before
+            # this call (fine at this project's sizes; deepspeed.zero.Init is for models one device cannot
+            # hold), and DeepSpeed now keeps 1/N of each weight per process.
+            self.zero3 = self.deepspeed.zero_optimization_stage() == 3
             if args.compile:
                 self.deepspeed.compile()  # DeepSpeed compiles the module it wraps (its hooks stay outside)
         else:
@@ -65,6 +84,27 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16 and not self.deepspeed)
         self.micro = 0  # micro-batches since the last optimizer step
         self.bad_in_row, self.skipped = 0, 0
+
+    @contextmanager
+    def gathered(self):
+        """A context for forward passes outside training: generation (RL rollouts, evaluation by answering)
+        and evaluation, possibly on rank 0 alone. Under ZeRO-3 each layer's forward gathers its weights with
+        hooks, a collective every process must join in step, which generation (replies of different lengths,
+        rank-0-only evaluation) cannot promise; here the whole model is gathered once on every process and
+        the hooks are off until the context ends. Every process must enter it. A no-op below ZeRO-3."""
+        if not self.zero3:
+            yield
+            return
+        from deepspeed.runtime.zero import unwrap_model_for_generation
+        # DeepSpeed's own context gathers the weights and removes the per-layer hooks, but keeps the hook at the
+        # start of the model's forward, whose trace check is a collective too: it is detached here as well.
+        root, handle = self.deepspeed.module, self.deepspeed.optimizer.parameter_offload.fwd_pre_hook
+        with unwrap_model_for_generation(self.deepspeed):
+            start_of_forward = root._forward_pre_hooks.pop(handle.id)
+            try:
+                yield
+            finally:
+                root._forward_pre_hooks[handle.id] = start_of_forward
 
     def backward(self, loss: torch.Tensor) -> bool:
         """Backpropagate one micro-batch's loss; False (and nothing done) when the loss is NaN/inf."""

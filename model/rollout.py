@@ -26,6 +26,7 @@ import torch
 from .checkpoint import atomic_torch_save, load_tokenizer, unwrap
 from .dataloader import load_datasets
 from .dataset import IGNORE, DataError, RLPromptDataset
+from .optimizer import whole_weights
 from .reasoning import follows_template
 from .rewards import rewards_from_args
 from .serving import Engine, SamplingParams
@@ -158,8 +159,10 @@ class ServerRollout:
     def sync(self, model, run):
         """After an optimizer step: rank 0 writes the policy to `weights_path` and hands it to the server;
         every rank waits, so no rollout samples from the old weights."""
+        with whole_weights(model):  # ZeRO-3: every rank gathers, so that rank 0 writes whole weights
+            if run.is_main:
+                atomic_torch_save(unwrap(model).state_dict(), self.weights_path)
         if run.is_main:
-            atomic_torch_save(unwrap(model).state_dict(), self.weights_path)
             self.load_weights(self.weights_path)
         if run.ddp:
             torch.distributed.barrier()

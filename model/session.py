@@ -18,7 +18,7 @@ from .checkpoint import (CheckpointError, atomic_torch_save, checkpoint_path, cl
 from .dataloader import steps_per_epoch, train_batches
 from .logger import Logger, flops_per_token
 from .loss_eval import evaluate, token_byte_lengths
-from .optimizer import NonFiniteLoss, Stepper, cosine_lr
+from .optimizer import NonFiniteLoss, Stepper, cosine_lr, whole_weights
 from .runtime import Run, cleanup
 
 
@@ -115,22 +115,24 @@ class Checkpointer:
     def save(self, progress: Progress):
         """All ranks call this (DeepSpeed shards optimizer state); only rank 0 writes the plain files.
         Weights that are NaN/inf or beyond float16 are never written: the last good save stays."""
-        bad = nonfinite_weights(self.model)
-        if bad:  # every rank holds the same weights, so every rank stops here
-            raise NonFiniteLoss(f"the weights hold {bad:,} values that are NaN/inf or beyond float16's range, so step "
-                                f"{progress.step} was not saved: the run diverged. Resume with a lower --learning_rate")
-        if self.stepper.deepspeed:
+        with whole_weights(self.model):  # ZeRO-3: every rank gathers the weights, for the check and rank 0's write
+            bad = nonfinite_weights(self.model)
+            if bad:  # every rank holds the same weights, so every rank stops here
+                raise NonFiniteLoss(f"the weights hold {bad:,} values that are NaN/inf or beyond float16's range, so "
+                                    f"step {progress.step} was not saved: the run diverged. Resume with a lower "
+                                    "--learning_rate")
+            if self.run.is_main:
+                meta = {"stage": self.stage, "step": progress.step, "tokens": progress.tokens, "loss": progress.loss,
+                        "val_loss": progress.val_loss, "val_bpb": progress.val_bpb, "eval": progress.eval,
+                        "args": vars(self.args)}
+                self.save_fn(self.model, self.weights_path, meta)
+                if not self.stepper.deepspeed:
+                    state = {"model": unwrap(self.model).state_dict(), **self.stepper.state_dict(),
+                             "progress": asdict(progress), "rng": rng_state(), "flags": self.flags}
+                    atomic_torch_save(state, self.resume_path)
+        if self.stepper.deepspeed:  # each rank writes its own shards (ZeRO-3: of the weights too)
             self.stepper.deepspeed.save_checkpoint(self.resume_path + ".ds", tag="last", client_state={
                 "progress": asdict(progress), "rng": rng_state(), "flags": self.flags})
-        if self.run.is_main:
-            meta = {"stage": self.stage, "step": progress.step, "tokens": progress.tokens, "loss": progress.loss,
-                    "val_loss": progress.val_loss, "val_bpb": progress.val_bpb, "eval": progress.eval,
-                    "args": vars(self.args)}
-            self.save_fn(self.model, self.weights_path, meta)
-            if not self.stepper.deepspeed:
-                state = {"model": unwrap(self.model).state_dict(), **self.stepper.state_dict(),
-                         "progress": asdict(progress), "rng": rng_state(), "flags": self.flags}
-                atomic_torch_save(state, self.resume_path)
         if self.run.ddp:
             dist.barrier()
 
@@ -279,10 +281,16 @@ class Session:
         if self.save_due and batch_done:
             self.save()
 
+    def gathered(self):
+        """The context for forward passes outside training (rollouts, evaluation): the whole model on every
+        rank under ZeRO-3, so ranks may generate apart; a no-op otherwise (see `Stepper.gathered`)."""
+        return self.stepper.gathered()
+
     def evaluate(self):
         if self.evaluate_fn is None:
             return
-        results = self.evaluate_fn(unwrap(self.model))
+        with self.gathered():  # evaluation generates, or runs on rank 0 alone
+            results = self.evaluate_fn(unwrap(self.model))
         self.progress.val_loss = results.get("val_loss", self.progress.val_loss)
         self.progress.val_bpb = results.get("val_bpb", self.progress.val_bpb)
         self.progress.evaluated_step = self.progress.step
