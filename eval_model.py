@@ -6,6 +6,7 @@
     python eval_model.py --model_mode 1 --hidden_size 768     # out/full_sft_768.pth
     python eval_model.py --load_from out/minimind-hf --temperature 0
     python eval_model.py --model_mode 1 --lora_name identity  # + out/lora/lora_identity_512.pth
+    python eval_model.py --model_mode 1 --quantize int8       # int8 weights (torchao weight-only)
     python eval_model.py --interactive --tools calculator,convert --mcp "python scripts/mcp_demo_tools.py"
 
 A reasoning model's thinking is shown apart from its answer. After each answer: tokens and tokens/s.
@@ -24,6 +25,7 @@ from model.chat import (ReplyPrinter, ReplyStream, add_model_args, add_tool_args
                         load_chat_model, open_tools, print_tool_call, recent_history, text_prompt_ids)
 from model.checkpoint import CheckpointError
 from model.generation import generate_reply
+from model.quant import weight_bytes
 
 # A pretrained model only continues text: give it beginnings of sentences.
 PRETRAIN_PROMPTS = [
@@ -48,7 +50,7 @@ CHAT_PROMPTS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(parser)
+    add_model_args(parser, quantize=True)
     g = parser.add_argument_group("generation")
     g.add_argument("--max_new_tokens", type=int, default=512)
     g.add_argument("--temperature", type=float, default=0.85, help="0 = greedy")
@@ -88,8 +90,9 @@ def main(argv=None):
         except (CheckpointError, ValueError) as e:  # CheckpointError: a file; ValueError: a tool or MCP server
             sys.exit(f"error: {e}")
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"model: {path} ({n_params:.2f}M parameters, {model.device}, "
-              f"{str(model.dtype).removeprefix('torch.')})")
+        weights = "int8 weights" if args.quantize == "int8" else str(model.dtype).removeprefix("torch.")
+        print(f"model: {path} ({n_params:.2f}M parameters, {model.device}, {weights}, "
+              f"{weight_bytes(model) / 1e6:.1f} MB)")
         if tools:
             print(f"tools: {', '.join(tool.name for tool in tools)}")
         generator = torch.Generator(device=model.device).manual_seed(args.seed)

@@ -35,8 +35,9 @@ LORA_DIR = "lora"  # LoRA weights live in out/lora/lora_<name>_<hidden>[_moe].pt
 # Choosing and loading a model
 
 
-def add_model_args(parser):
-    """Flags that pick the model, with the same names in every script that talks to one."""
+def add_model_args(parser, quantize: bool = False):
+    """Flags that pick the model, with the same names in every script that talks to one; `quantize` adds
+    --quantize, for the scripts that only run the model (not those that export or train it)."""
     g = parser.add_argument_group("model")
     g.add_argument("--model_mode", type=int, default=1, choices=range(len(STAGES)),
                    help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor, 6 tool_sft, "
@@ -53,6 +54,11 @@ def add_model_args(parser):
                    help="default: the HF folder's own tokenizer, else model/tokenizer")
     g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    if quantize:
+        g.add_argument("--quantize", default="none", choices=["none", "int8"],
+                       help="int8: the block projections' weights in int8 (torchao weight-only; activations stay "
+                            "in --dtype): about 1/3 of the float32 weight memory, but slower decoding in eager "
+                            "PyTorch on a CPU (README: Speed and memory)")
     return parser
 
 
@@ -100,7 +106,8 @@ def describe_out_dir(out_dir: str) -> str:
 
 
 def load_chat_model(args, quiet=False):
-    """(model, tokenizer, path) ready to generate: eval mode, on the chosen device and dtype, LoRA merged.
+    """(model, tokenizer, path) ready to generate: eval mode, on the chosen device and dtype, LoRA merged,
+    quantised when `args.quantize` (see add_model_args) asks.
 
     Raises CheckpointError with a message meant for the user; scripts print it and exit.
     """
@@ -124,6 +131,9 @@ def load_chat_model(args, quiet=False):
         merge_lora_file(model, checkpoint_path(os.path.join(args.out_dir, LORA_DIR), f"lora_{args.lora_name}",
                                                model.config.hidden_size, model.config.use_moe))
     model = model.to(device=device, dtype=dtype)
+    if getattr(args, "quantize", "none") == "int8":  # after the LoRA merge: the merged weights are quantised
+        from .quant import quantize_int8
+        quantize_int8(model)
     tokenizer_path = args.tokenizer_path or (
         path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else DEFAULT_TOKENIZER)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)

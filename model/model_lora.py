@@ -8,6 +8,10 @@ B starts at zero, so the adapted model starts out computing exactly what the bas
 training moves only A and B: r * (in + out) numbers per projection instead of in * out. After training,
 B A can be folded into W (`merge_lora`), leaving a plain model of the original shape at no extra cost.
 
+QLoRA (Dettmers et al. 2023) is the same with W stored in 4 bits: quantise the base first
+(`model.quant.quantize_nf4_`, which turns the projections into `NF4Linear`s), then `apply_lora` wraps those.
+The adapter is saved and loaded as any other, and is meant to be merged into the full-precision base.
+
 State-dict names: the base weight keeps its name (`...self_attn.q_proj.weight`, Llama's), and the adapter adds
 `...self_attn.q_proj.lora_A.weight` (r, in) and `...self_attn.q_proj.lora_B.weight` (out, r). These are peft's
 names in a saved adapter minus its `base_model.model.` prefix (`to_peft_state_dict` / `from_peft_state_dict`
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, read_meta, read_state_dict, save_pair, unwrap
+from .quant import NF4Linear
 
 # Attention and MLP projections: every matrix of a block (in MoE models, every expert's too).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -35,23 +40,29 @@ class LoRALinear(nn.Module):
     """An `nn.Linear` whose weight (and bias) is frozen, plus a trainable low-rank update B A.
 
     It takes over the wrapped layer's parameters as its own `weight` and `bias`, so the base weights keep
-    their state-dict names and a wrapped model still loads ordinary checkpoints.
+    their state-dict names and a wrapped model still loads ordinary checkpoints. A quantised base (QLoRA's
+    `NF4Linear`) stays a module of its own, `base_layer` (peft's name), that dequantises in its forward;
+    `weight` and `bias` are then None, and there is nothing to merge into.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear | NF4Linear, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         if rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {rank}")
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight, self.bias = base.weight, base.bias
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+        if isinstance(base, NF4Linear):
+            self.base_layer, self.weight, self.bias = base, None, None
+            factory = dict(device=base.codes.device, dtype=torch.float32)
+        else:
+            self.base_layer, self.weight, self.bias = None, base.weight, base.bias
+            self.weight.requires_grad_(False)
+            if self.bias is not None:
+                self.bias.requires_grad_(False)
+            factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.rank, self.alpha = rank, alpha
         # alpha / r keeps the update's size roughly independent of r, so changing r needs no new learning rate.
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Linear(self.in_features, rank, bias=False, **factory)
         self.lora_B = nn.Linear(rank, self.out_features, bias=False, **factory)
         # A random, B zero (peft's default): the update B A starts at exactly zero, yet B still gets a
@@ -65,7 +76,7 @@ class LoRALinear(nn.Module):
         return (self.lora_B.weight.float() @ self.lora_A.weight.float() * self.scaling).to(self.weight.dtype)
 
     def forward(self, x):
-        out = F.linear(x, self.weight, self.bias)
+        out = self.base_layer(x) if self.base_layer is not None else F.linear(x, self.weight, self.bias)
         if self.merged:
             return out
         # Two thin matmuls (x A^T, then B) instead of forming the (out, in) matrix B A.
@@ -73,6 +84,9 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self):
+        if self.base_layer is not None:
+            raise ValueError("a LoRA on a 4-bit (NF4) base cannot be merged into it: save the adapter (save_lora) "
+                             "and load it onto the full-precision base (load_lora), then merge")
         if not self.merged:
             self.weight += self.delta_weight()
             self.merged = True
@@ -105,17 +119,17 @@ def lora_config(model) -> dict | None:
 
 
 def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=DEFAULT_TARGETS):
-    """Wrap every `nn.Linear` whose own name is in `targets` with a LoRALinear, and freeze everything but
-    the LoRA matrices. Returns the model (changed in place)."""
+    """Wrap every `nn.Linear` (or NF4-quantised one) whose own name is in `targets` with a LoRALinear, and
+    freeze everything but the LoRA matrices. Returns the model (changed in place)."""
     model = unwrap(model)
     if lora_modules(model):
         raise ValueError(f"the model already has LoRA applied ({lora_config(model)})")
     targets = set(targets)
-    found = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets]
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, NF4Linear))}
+    found = [(name, module) for name, module in layers.items() if name.rsplit(".", 1)[-1] in targets]
     unmatched = targets - {name.rsplit(".", 1)[-1] for name, _ in found}
     if unmatched:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        names = sorted({name.rsplit(".", 1)[-1] for name in layers})
         raise ValueError(f"LoRA targets {sorted(unmatched)} match no nn.Linear of the model; its layers: {names}")
     tied = model.get_output_embeddings() if getattr(model.config, "tie_word_embeddings", False) else None
     if any(module is tied for _, module in found):
@@ -222,6 +236,8 @@ def from_peft_state_dict(state: dict) -> dict:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameters; tied weights counted once."""
-    params = list(unwrap(model).parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    """(trainable, total) parameters; tied weights counted once, NF4-quantised weights counted as weights."""
+    model = unwrap(model)
+    params = list(model.parameters())
+    quantized = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params) + quantized

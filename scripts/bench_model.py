@@ -3,6 +3,8 @@
     python scripts/bench_model.py                    # 512 x 8, vocab 6400, CPU threads as set by torch
     python scripts/bench_model.py --device cuda --batch_size 32 --seq_len 512
     python scripts/bench_model.py --compile 1        # also both models under torch.compile (train_*.py --compile)
+    python scripts/bench_model.py --quantize int8 --skip train,decode   # MiniMind decoding: fp32, bf16, int8 weights
+    python scripts/bench_model.py --quantize nf4 --skip train,decode    # LoRA vs QLoRA training steps
 
 Both models hold the same weights (MiniMind's state dict loads into LlamaForCausalLM unchanged). Steps of A
 and B are interleaved and the median is taken, because this kind of machine drifts 15-20% between runs;
@@ -10,6 +12,7 @@ the ratios are the result, the absolute numbers are for context. Also prints the
 ceiling that MFU figures in the training log are taken against.
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -25,6 +28,8 @@ from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
 from model.export import llama_config_from  # noqa: E402
 from model.generation import generate  # noqa: E402
 from model.logger import flops_per_token, measure_matmul_peak  # noqa: E402
+from model.model_lora import DEFAULT_TARGETS, apply_lora  # noqa: E402
+from model.quant import quantize_int8, quantize_nf4_, weight_bytes  # noqa: E402
 
 
 def sync(device):
@@ -72,6 +77,10 @@ def main():
     parser.add_argument("--skip", default="", help="comma list of parts to skip: train,decode")
     parser.add_argument("--compile", type=int, default=0, choices=[0, 1],
                         help="1: also train both models under torch.compile (about a minute of compiling each)")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8", "nf4"],
+                        help="int8: also decode at batch 1 with MiniMind's weights in float32, bfloat16 and int8 "
+                             "(eval_model.py --quantize int8); nf4: also train LoRA and QLoRA (train_lora.py "
+                             "--quantize nf4) at --batch_size x --seq_len; interleaved: tokens/s and weight memory")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -119,6 +128,45 @@ def main():
             print(f"decode {str(dtype)[6:]:8s} batch {batch}, {n} new tokens: "
                   f"minimind {batch * n / t['minimind']:7,.0f} tok/s  hf generate {batch * n / t['hf_llama']:7,.0f} "
                   f"tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x")
+
+    if args.quantize == "int8":
+        bench_int8_decode(ours.eval().to(torch.float32), args, device)
+    elif args.quantize == "nf4":
+        bench_qlora(ours.to(torch.float32), args, device, dtypes)
+
+
+def bench_int8_decode(model, args, device):
+    """Batch-1 greedy decoding with the same weights stored three ways; activations run in the weights' dtype
+    (float32 for int8, which torchao dequantises inside each matmul). bfloat16 is measured even where the CPU
+    has no native bf16, to show what it costs there."""
+    weights = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16),
+               "int8": quantize_int8(copy.deepcopy(model))}
+    prompt = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), device=device)
+    n = args.new_tokens
+    runs = {name: lambda m=m: generate(m, prompt, max_new_tokens=n, do_sample=False, eos_token_id=[])
+            for name, m in weights.items()}
+    t = interleaved(runs, max(2, args.reps // 2), device)
+    for name, m in weights.items():
+        print(f"decode {name:8s} weights, batch 1, {n} new tokens: {n / t[name]:7,.1f} tok/s "
+              f"({t['float32'] / t[name]:.2f}x float32's), {weight_bytes(m) / 1e6:6.1f} MB of weights")
+
+
+def bench_qlora(model, args, device, dtypes):
+    """Training steps of LoRA (rank 8 on every projection) on the float32 base and on its NF4 copy (QLoRA, double
+    quantisation), on the same batch, interleaved. QLoRA dequantises every projection in the forward and again in
+    the backward: that is its price for a base in ~4 bits."""
+    lora = apply_lora(copy.deepcopy(model), rank=8).train()
+    qlora = copy.deepcopy(model)
+    quantize_nf4_(qlora, DEFAULT_TARGETS)
+    qlora = apply_lora(qlora, rank=8).train()
+    ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.seq_len), device=device)
+    for dtype in dtypes:
+        t = interleaved({"lora": train_step_fn(lora, ids, dtype, device),
+                         "qlora": train_step_fn(qlora, ids, dtype, device)}, args.reps, device)
+        tokens = ids.numel()
+        print(f"train {str(dtype)[6:]:8s} batch {args.batch_size}x{args.seq_len}: LoRA {tokens / t['lora']:7,.0f} "
+              f"tok/s, QLoRA {tokens / t['qlora']:7,.0f} tok/s ({t['lora'] / t['qlora']:.2f}x LoRA's); weights with "
+              f"adapters {weight_bytes(lora) / 1e6:.1f} MB vs {weight_bytes(qlora) / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit bes
 from model.chat import (Delta, IncrementalDetokenizer, ReplyStream, add_model_args, chat_prompt_ids,
                         text_prompt_ids)
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
+from model.quant import is_quantized
 from model.serving import Engine, SamplingParams
 from model.toolcall import CALL_OPEN, normalize_messages
 
@@ -715,6 +716,9 @@ async def update_weights_from_disk(request: Request):
     first: a file that does not fit leaves the model unchanged."""
     body = await parse_body(request, WeightsRequest)
     engine = state_of(request).engine
+    if is_quantized(engine.model):
+        raise ApiError(400, "the served model was quantized at start-up (--quantize int8): its weights cannot be "
+                            "replaced in place; serve new weights by restarting the server", param="model_path")
 
     def load():
         state_dict = read_state_dict(body.model_path)  # here, so decoding does not wait on the disk
@@ -759,7 +763,7 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(parser)
+    add_model_args(parser, quantize=True)  # --quantize int8: load_chat_model quantises the served model
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the server to the network")
     parser.add_argument("--port", type=int, default=8998)
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1/*")

@@ -129,6 +129,14 @@ def test_update_weights_from_disk_serves_the_new_weights_and_refuses_bad_files(t
     assert after == expected != before
 
 
+def test_update_weights_of_an_int8_server_is_a_400_not_a_500(tmp_path):
+    from model.quant import quantize_int8
+    torch.save(tiny_model(seed=1).state_dict(), tmp_path / "policy.pth")
+    with serve(quantize_int8(tiny_model())) as client:
+        response = client.post("/update_weights_from_disk", json={"model_path": str(tmp_path / "policy.pth")})
+    assert response.status_code == 400 and "--quantize int8" in response.json()["error"]["message"]
+
+
 def test_update_weights_needs_the_api_key(tmp_path):
     path = str(tmp_path / "policy.pth")
     torch.save(tiny_model(seed=1).state_dict(), path)
