@@ -286,9 +286,12 @@ def build_model(args, run, tokenizer, from_weight: str | None = None, **config):
     if model.config.vocab_size != len(tokenizer):
         sys.exit(f"model vocab {model.config.vocab_size} != tokenizer vocab {len(tokenizer)} "
                  f"({args.tokenizer_path}): use the tokenizer the model was trained with")
+    if args.grad_checkpoint:  # HF's switch: MiniMindModel recomputes each block in the backward (use_reentrant=False)
+        model.activation_checkpointing_enable()
     n = sum(p.numel() for p in model.parameters())
     run.print(f"model: {n / 1e6:.2f}M parameters, hidden {model.config.hidden_size} x "
-              f"{model.config.num_hidden_layers} layers{', MoE' if model.config.use_moe else ''}")
+              f"{model.config.num_hidden_layers} layers{', MoE' if model.config.use_moe else ''}"
+              f"{', activation checkpointing' if args.grad_checkpoint else ''}")
     return model.to(run.device)
 
 

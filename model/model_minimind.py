@@ -10,11 +10,14 @@ without renaming. The model is a `PreTrainedModel` + `GenerationMixin`, so `save
 leaner KV-cache loop that the CLI, the API server, evaluation and the web demo share.
 """
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.activations import ACT2FN
@@ -270,12 +273,16 @@ class MoEGate(nn.Module):
             # DeepSeek-V3: a bias added to the scores for *choosing* experts only (the mixing weights stay
             # unbiased). It is nudged toward under-used experts after each training batch, never by gradients.
             self.register_buffer("e_score_correction_bias", torch.zeros(self.n_experts))
+        # Set only while activation checkpointing recomputes this gate's block: the bias the block's forward
+        # routed with (see replay_routing), which the recomputation must use, and must not nudge again.
+        self.replay_bias = None
 
     def forward(self, x):
         B, L, H = x.shape
         scores = F.linear(x.reshape(-1, H), self.weight).float().softmax(dim=-1)  # (T, E)
         if self.bias_update_speed > 0:
-            topk_idx = torch.topk(scores + self.e_score_correction_bias, self.top_k, dim=-1, sorted=False).indices
+            bias = self.e_score_correction_bias if self.replay_bias is None else self.replay_bias
+            topk_idx = torch.topk(scores + bias, self.top_k, dim=-1, sorted=False).indices
             topk_weight = scores.gather(1, topk_idx)
         else:
             topk_weight, topk_idx = torch.topk(scores, self.top_k, dim=-1, sorted=False)
@@ -285,7 +292,7 @@ class MoEGate(nn.Module):
         aux_loss = scores.new_zeros(())
         if self.training and self.alpha > 0:
             aux_loss = self.alpha * self.balance_loss(scores, topk_idx, B, L)
-        if self.training and self.bias_update_speed > 0:
+        if self.training and self.bias_update_speed > 0 and self.replay_bias is None:
             self.update_bias(topk_idx)
         return topk_idx, topk_weight, aux_loss
 
@@ -366,6 +373,27 @@ class Block(nn.Module):
         return x + h, aux_loss
 
 
+def replay_routing(gates):
+    """`context_fn` of torch.utils.checkpoint for a block whose MoE gates carry a routing bias.
+
+    Called as the block's forward starts, it keeps the gates' biases as they are now. The forward then nudges
+    them; the recomputation in backward routes with the kept biases instead, so it chooses the same experts
+    (the same graph, hence the same gradients) and leaves the biases alone (the nudge is applied once)."""
+    kept = [gate.e_score_correction_bias.clone() for gate in gates]
+
+    @contextmanager
+    def recompute():
+        for gate, bias in zip(gates, kept):
+            gate.replay_bias = bias
+        try:
+            yield
+        finally:
+            for gate in gates:
+                gate.replay_bias = None
+
+    return nullcontext(), recompute()
+
+
 def attention_mask_4d(attention_mask, q_len: int, past_len: int):
     """Turn a (batch, past+q) padding mask into the arguments SDPA wants: (bool mask or None, is_causal).
 
@@ -417,6 +445,12 @@ class MiniMindModel(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config)
+        # Activation checkpointing: a block keeps only its input for the backward (instead of ~20 tensors of that
+        # size, see scripts/estimate_memory.py) and runs again there: one more forward of the blocks, ~1/3 more
+        # compute. `--grad_checkpoint` turns it on through HF's `activation_checkpointing_enable()`, which also
+        # sets the checkpoint function (with the caller's kwargs).
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -433,10 +467,22 @@ class MiniMindModel(nn.Module):
         cos, sin = self.rotary(position_ids, past_len, L, dtype)
         x = self.dropout(x)
         aux_loss = x.new_zeros((), dtype=torch.float32)
+        # Only when a backward will follow, and never with a KV cache: the recomputation would append to it again.
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer in self.layers:
-            x, layer_aux = layer(x, cos, sin, mask, is_causal, cache)
+            if recompute:
+                x, layer_aux = self.checkpointed(layer, x, cos, sin, mask, is_causal)
+            else:
+                x, layer_aux = layer(x, cos, sin, mask, is_causal, cache)
             aux_loss = aux_loss + layer_aux
         return self.norm(x), aux_loss
+
+    def checkpointed(self, layer, *args):
+        """`layer(*args)` saving only its inputs for the backward, which runs the layer again to get the rest."""
+        gates = [m for m in layer.modules() if isinstance(m, MoEGate) and m.bias_update_speed > 0]
+        if gates:
+            return self._gradient_checkpointing_func(layer, *args, context_fn=partial(replay_routing, gates))
+        return self._gradient_checkpointing_func(layer, *args)
 
 
 class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
@@ -445,6 +491,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _no_split_modules = ["Block"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True  # HF's activation_checkpointing_enable() sets MiniMindModel's flag
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: MiniMindConfig | None = None):

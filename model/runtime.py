@@ -57,7 +57,10 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     g.add_argument("--wandb_project", default="MiniMind")
     g.add_argument("--resume", action="store_true", help="continue exactly from the last saved state")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (30-70 s, then faster)")
-    g.add_argument("--deepspeed", default=None, help="DeepSpeed config JSON (ZeRO-1/2), e.g. ds_config.json")
+    g.add_argument("--grad_checkpoint", action="store_true",
+                   help="recompute each block's activations in the backward: far less memory, ~1/3 more compute")
+    g.add_argument("--deepspeed", default=None,
+                   help="DeepSpeed config JSON: ds_config.json (ZeRO-2, or 1) or ds_config_zero3.json")
     g.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.set_defaults(**defaults)
     return parser
