@@ -93,6 +93,7 @@ def test_hugging_face_switches_turn_it_on_and_off():
     assert not model.model.gradient_checkpointing
 
 
+@pytest.mark.slow  # two subprocess runs; the in-process tests compare losses and gradients
 def test_train_pretrain_with_grad_checkpoint_logs_the_same_losses(tmp_path):
     data = write_corpus(tmp_path / "train.jsonl")
     common = ["--data_path", data, "--max_steps", "5", "--save_interval", "100"]

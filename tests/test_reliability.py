@@ -60,6 +60,7 @@ def test_weights_beyond_float16_are_never_saved_and_the_last_good_checkpoint_sta
     assert nonfinite_weights(model) > 0 and nonfinite_weights(load_model(str(good))[0]) == 0
 
 
+@pytest.mark.slow  # a subprocess; the in-process tests above check the same refusal
 def test_a_diverging_script_exits_1_and_leaves_no_weights(tmp_path):
     out = tmp_path / "out"
     result = train(tmp_path, "--data_path", write_corpus(tmp_path / "d.jsonl"), "--max_steps", "40",
@@ -160,7 +161,8 @@ def test_resume_with_only_the_weights_says_what_exists(tmp_path):
         tiny_session(tmp_path, "--max_steps", "2", "--resume")
 
 
-@pytest.mark.parametrize("content", [os.urandom(3000), b"PK\x03\x04 half a zip", "pickle"])
+@pytest.mark.parametrize("content", [pytest.param(os.urandom(3000), marks=pytest.mark.slow),
+                                     pytest.param(b"PK\x03\x04 half a zip", marks=pytest.mark.slow), "pickle"])
 def test_unreadable_checkpoints_stop_a_script_with_one_line(tmp_path, content):
     path = tmp_path / "bad.pth"
     if content == "pickle":
@@ -179,6 +181,7 @@ def test_unreadable_checkpoints_stop_a_script_with_one_line(tmp_path, content):
     assert not os.path.exists(tmp_path / "ran")
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_checkpoint_of_another_size_stops_a_script_with_one_line(tmp_path):
     from model import MiniMindConfig, MiniMindForCausalLM
     path = str(tmp_path / "other.pth")
