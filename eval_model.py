@@ -7,6 +7,7 @@
     python eval_model.py --load_from out/minimind-hf --temperature 0
     python eval_model.py --model_mode 1 --lora_name identity  # + out/lora/lora_identity_512.pth
     python eval_model.py --model_mode 1 --quantize int8       # int8 weights (torchao weight-only)
+    python eval_model.py --model_mode 1 --draft_weight out/full_dist_128.pth   # speculative decoding
     python eval_model.py --interactive --tools calculator,convert --mcp "python scripts/mcp_demo_tools.py"
 
 A reasoning model's thinking is shown apart from its answer. After each answer: tokens and tokens/s.
@@ -22,7 +23,8 @@ import torch
 
 from demo.tools import demo_tools
 from model.chat import (ReplyPrinter, ReplyStream, add_model_args, add_tool_args, chat_prompt_ids, chat_with_tools,
-                        load_chat_model, open_tools, print_tool_call, recent_history, text_prompt_ids)
+                        load_chat_model, load_drafter, open_tools, print_tool_call, recent_history,
+                        text_prompt_ids)
 from model.checkpoint import CheckpointError
 from model.generation import generate_reply
 from model.quant import weight_bytes
@@ -50,7 +52,7 @@ CHAT_PROMPTS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(parser, quantize=True)
+    add_model_args(parser, quantize=True, speculative=True)
     g = parser.add_argument_group("generation")
     g.add_argument("--max_new_tokens", type=int, default=512)
     g.add_argument("--temperature", type=float, default=0.85, help="0 = greedy")
@@ -87,17 +89,21 @@ def main(argv=None):
         try:  # the tools first: a wrong name should not wait for the model to load
             tools = stack.enter_context(open_tools(args, demo_tools()))
             model, tokenizer, path = load_chat_model(args)
+            drafter = load_drafter(args, model, tokenizer)
         except (CheckpointError, ValueError) as e:  # CheckpointError: a file; ValueError: a tool or MCP server
             sys.exit(f"error: {e}")
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
         weights = "int8 weights" if args.quantize == "int8" else str(model.dtype).removeprefix("torch.")
         print(f"model: {path} ({n_params:.2f}M parameters, {model.device}, {weights}, "
               f"{weight_bytes(model) / 1e6:.1f} MB)")
+        if drafter:
+            print(f"speculative decoding: {args.draft_weight} drafts {drafter.k} token(s) per step")
         if tools:
             print(f"tools: {', '.join(tool.name for tool in tools)}")
         generator = torch.Generator(device=model.device).manual_seed(args.seed)
         sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k, repetition_penalty=args.repetition_penalty, generator=generator)
+                        top_k=args.top_k, repetition_penalty=args.repetition_penalty, generator=generator,
+                        drafter=drafter)
         chat(args, model, tokenizer, sampling, tools, pretrain)
 
 
@@ -128,6 +134,9 @@ def chat(args, model, tokenizer, sampling, tools, pretrain):
             print(f"\nyou> {prompt}")
         print("minimind> " + (prompt if pretrain else ""), end="", flush=True)
         timed.clear()
+        drafter = sampling.get("drafter")
+        if drafter:
+            drafter.stats = type(drafter.stats)()  # acceptance per prompt
         if pretrain:
             reply = reply_to(text_prompt_ids(tokenizer, prompt))
         else:
@@ -139,7 +148,8 @@ def chat(args, model, tokenizer, sampling, tools, pretrain):
                 print(f"[tool] stopped: the reply limit (--max_tool_turns {args.max_tool_turns}) came first, "
                       "the last calls were not run")
         n_tokens, seconds = sum(r.n_tokens for r, _ in timed), sum(s for _, s in timed)
-        print(f"[{n_tokens} tokens, {n_tokens / seconds:.1f} tokens/s]")
+        spec = f", drafts {100 * drafter.stats.acceptance_rate:.0f}% accepted" if drafter else ""
+        print(f"[{n_tokens} tokens, {n_tokens / seconds:.1f} tokens/s{spec}]")
         # Only the question and the final answer stay in the history: small models have short contexts.
         history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply.content}]
 

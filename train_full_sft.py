@@ -28,7 +28,7 @@ def main():
     train_data, val_data = load_datasets(SFTDataset, *data_paths(args.data_path, args.val_path, "sft"), tokenizer,
                                          args.max_seq_len, pack_chats=bool(args.pack), seed=args.seed,
                                          skip_bad=args.skip_bad)
-    model = build_model(args, run, tokenizer)
+    model = build_model(args, run, tokenizer, trains_mtp=True)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, val_data)
     # Pretraining's loop (model/session.py); the labels are -100 outside assistant replies, so only the
     # answers are learned.

@@ -16,7 +16,7 @@ Frozen weights do not mean nothing is forgotten: the adapters change what the mo
 prompt. Train on the new skill alone and a small model answers everything with it; mix in some of the
 SFT data (--mix_path, replay) to keep the old skills. --epochs defaults to 10 because LoRA sets are small.
 
-QLoRA (--quantize nf4): every attention and MLP projection of the base (all of DEFAULT_TARGETS, whether or not
+QLoRA (--quantize nf4): every attention and MLP projection of the base (all of default_targets, whether or not
 they take adapters; not the embeddings, the output head or the norms) is stored in 4-bit NormalFloat with
 block-wise scales (model/quant.py) and dequantised on the fly: the projections take about 1/8 of their float32
 memory (512 x 8: base weights 103 MB -> 25 MB). The adapter file is the same as plain LoRA's: load it onto the
@@ -34,7 +34,7 @@ from demo import data_paths
 from model.checkpoint import build_model, checkpoint_path, load_tokenizer
 from model.dataloader import load_datasets
 from model.dataset import SFTDataset
-from model.model_lora import DEFAULT_TARGETS, apply_lora, count_parameters, save_lora
+from model.model_lora import apply_lora, count_parameters, default_targets, save_lora
 from model.quant import quantize_nf4_, weight_bytes
 from model.runtime import add_common_args, setup_run
 from model.session import Session, train_next_token
@@ -51,8 +51,9 @@ def main():
     g.add_argument("--lora_rank", type=int, default=8, help="r: the rank of each update B A")
     g.add_argument("--lora_alpha", type=float, default=16, help="the update is scaled by alpha / r")
     g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapters' input")
-    g.add_argument("--lora_targets", default=",".join(DEFAULT_TARGETS),
-                   help="comma-separated names of the projections that get adapters")
+    g.add_argument("--lora_targets", default=None,
+                   help="comma-separated names of the projections that get adapters (default: every attention "
+                        "and MLP projection: q/k/v/o_proj and gate/up/down_proj, or an MLA model's own)")
     g.add_argument("--mix_path", default=None,
                    help="general chats (e.g. the SFT data) replayed beside the new skill, so the model keeps "
                         "answering everything else as before instead of giving the new answer to every question")
@@ -80,9 +81,10 @@ def main():
     model = build_model(args, run, tokenizer)
     if args.quantize == "nf4":  # before the adapters, which go on top of the 4-bit layers
         before = weight_bytes(model)
-        quantized = quantize_nf4_(model, DEFAULT_TARGETS, double_quant=bool(args.double_quant))
+        quantized = quantize_nf4_(model, default_targets(model.config), double_quant=bool(args.double_quant))
         run.print(f"qlora: {len(quantized)} projections in NF4{' (double quant)' if args.double_quant else ''}: "
                   f"base weights {before / 1e6:.1f} MB -> {weight_bytes(model) / 1e6:.1f} MB")
+    args.lora_targets = args.lora_targets or ",".join(default_targets(model.config))
     targets = [t.strip() for t in args.lora_targets.split(",")]
     apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
     trainable, total = count_parameters(model)

@@ -27,7 +27,7 @@ def main():
     tokenizer = load_tokenizer(args.tokenizer_path)
     train_data, val_data = load_datasets(PretrainDataset, *data_paths(args.data_path, args.val_path, "pretrain"),
                                          tokenizer, args.max_seq_len, pack=bool(args.pack), skip_bad=args.skip_bad)
-    model = build_model(args, run, tokenizer)
+    model = build_model(args, run, tokenizer, trains_mtp=True)
     session = Session(args, run, model, train_data, args.save_weight, tokenizer, val_data)
     # The loop (model/session.py): loss = next-token cross-entropy on every token (+ MoE balancing),
     # backward, an optimizer step every --accumulation_steps micro-batches.

@@ -35,9 +35,10 @@ LORA_DIR = "lora"  # LoRA weights live in out/lora/lora_<name>_<hidden>[_moe].pt
 # Choosing and loading a model
 
 
-def add_model_args(parser, quantize: bool = False):
+def add_model_args(parser, quantize: bool = False, speculative: bool = False):
     """Flags that pick the model, with the same names in every script that talks to one; `quantize` adds
-    --quantize, for the scripts that only run the model (not those that export or train it)."""
+    --quantize, for the scripts that only run the model (not those that export or train it); `speculative`
+    adds --draft_weight and --spec_k, for those that decode one reply at a time."""
     g = parser.add_argument_group("model")
     g.add_argument("--model_mode", type=int, default=1, choices=range(len(STAGES)),
                    help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor, 6 tool_sft, "
@@ -59,7 +60,19 @@ def add_model_args(parser, quantize: bool = False):
                        help="int8: the block projections' weights in int8 (torchao weight-only; activations stay "
                             "in --dtype): about 1/3 of the float32 weight memory, but slower decoding in eager "
                             "PyTorch on a CPU (README: Speed and memory)")
+    if speculative:
+        add_speculative_args(g)
     return parser
+
+
+def add_speculative_args(group):
+    group.add_argument("--draft_weight", default=None,
+                       help="speculative decoding: a smaller MiniMind checkpoint (.pth or HF folder) with the same "
+                            "tokenizer drafts --spec_k tokens that the model checks in one forward, or 'mtp' for the "
+                            "model's own multi-token-prediction modules. Greedy replies stay token for token the "
+                            "same and sampled ones keep the model's distribution")
+    group.add_argument("--spec_k", type=int, default=4,
+                       help="tokens drafted per step (with mtp: at most the model's mtp_depth)")
 
 
 def weights_path(args) -> str:
@@ -141,6 +154,58 @@ def load_chat_model(args, quiet=False):
         raise CheckpointError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model only "
                               f"{model.config.vocab_size}: pass the --tokenizer_path it was trained with")
     return model.eval(), tokenizer, path
+
+
+def load_drafter(args, model, tokenizer):
+    """The drafter --draft_weight asks for (None without it), checked against the loaded model: the same
+    vocabulary and tokenizer, spec_k >= 1, a model with MTP modules for 'mtp'. Raises CheckpointError with one
+    line for the user."""
+    from .generation import DraftModel, MTPDrafter
+
+    path = getattr(args, "draft_weight", None)
+    if not path:
+        return None
+    if args.spec_k < 1:
+        raise CheckpointError(f"--spec_k {args.spec_k}: draft at least one token per step")
+    if path == "mtp":
+        depth = getattr(model.config, "mtp_depth", 0) or 0
+        if not depth or not hasattr(model, "mtp"):
+            raise CheckpointError("--draft_weight mtp: this model has no multi-token-prediction modules "
+                                  "(mtp_depth 0); pass a draft checkpoint instead")
+        if args.spec_k > depth:
+            print(f"--draft_weight mtp: {depth} MTP module(s) draft at most {depth} token(s) per step "
+                  f"(--spec_k {args.spec_k} -> {depth})")
+        return MTPDrafter(min(args.spec_k, depth))
+    if not os.path.exists(path):
+        raise CheckpointError(f"--draft_weight {path}: no such file or folder")
+    draft, meta = load_model(path, quiet=True)
+    if draft.config.vocab_size != model.config.vocab_size:
+        raise CheckpointError(f"--draft_weight {path}: its vocabulary ({draft.config.vocab_size}) differs from the "
+                              f"model's ({model.config.vocab_size}); a drafter needs the same tokenizer")
+    check_draft_tokenizer(path, meta, tokenizer)
+    device = next(model.parameters()).device
+    dtype = model.lm_head.weight.dtype  # the unquantised head: int8 weights keep their activations' dtype
+    return DraftModel(draft.to(device=device, dtype=dtype).eval(), args.spec_k)
+
+
+def check_draft_tokenizer(path: str, meta: dict, tokenizer):
+    """The drafter's tokenizer (its HF folder's own, or the one its .pth meta names) must have the same
+    vocabulary as the model's: same-size vocabularies can still mean different strings per id."""
+    from transformers import AutoTokenizer
+
+    from .dataset import tokenizer_fingerprint
+
+    theirs = meta.get("tokenizer_fingerprint")
+    if theirs is None:
+        folder = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else \
+            meta.get("args", {}).get("tokenizer_path")
+        if not folder or not os.path.isdir(folder) or os.path.realpath(folder) == \
+                os.path.realpath(getattr(tokenizer, "name_or_path", "") or ""):
+            return  # nothing recorded, or the very folder the model uses
+        theirs = tokenizer_fingerprint(AutoTokenizer.from_pretrained(folder))
+    if theirs != tokenizer_fingerprint(tokenizer):
+        raise CheckpointError(f"--draft_weight {path}: trained with another tokenizer (vocabulary fingerprint "
+                              f"{theirs} != {tokenizer_fingerprint(tokenizer)}); a drafter needs the model's")
 
 
 def merge_lora_file(model, path: str):

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -72,10 +73,14 @@ def describe_shape_hint(state_dict: dict) -> str:
             f"{' --use_moe 1' if moe else ''} (vocab {emb.shape[0]}).")
 
 
-def load_weights(model: torch.nn.Module, source, name: str | None = None) -> torch.nn.Module:
+def load_weights(model: torch.nn.Module, source, name: str | None = None, mtp_resized: bool = False,
+                 quiet: bool = False) -> torch.nn.Module:
     """Load a state dict (or a path to one) into `model`, requiring every key and shape to match.
 
     The tied `lm_head.weight` may be absent (it is the embedding). Weights are cast to the model's dtype.
+    `mtp_resized`: the caller asked for another mtp_depth than the checkpoint's (--mtp_depth). Then, and only
+    for the multi-token prediction modules (`mtp.{k}.*`), those the checkpoint lacks keep their init and those
+    the model lacks are dropped, each said in one line; every other weight must still load.
     """
     name = name or (source if isinstance(source, str) else "state dict")
     state_dict = clean_state_dict(read_state_dict(source) if isinstance(source, str) else source)
@@ -86,6 +91,17 @@ def load_weights(model: torch.nn.Module, source, name: str | None = None) -> tor
 
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
+    new_mtp = []
+    if mtp_resized:
+        new_mtp = [k for k in missing if k.startswith("mtp.")]
+        old_mtp = [k for k in unexpected if k.startswith("mtp.")]
+        missing, unexpected = [k for k in missing if k not in new_mtp], [k for k in unexpected if k not in old_mtp]
+        state_dict = {k: v for k, v in state_dict.items() if k not in old_mtp}
+        for keys, what in ((new_mtp, "not in the checkpoint: they start from init"),
+                           (old_mtp, "of the checkpoint dropped: the model has no such module")):
+            modules = sorted({".".join(k.split(".")[:2]) for k in keys})
+            if modules and not quiet:
+                print(f"{name}: multi-token prediction module(s) {', '.join(modules)} {what}", flush=True)
     mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
                   for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
@@ -95,7 +111,8 @@ def load_weights(model: torch.nn.Module, source, name: str | None = None) -> tor
                 shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
                 problems.append(f"{label}: {shown}")
         raise CheckpointError(f"{name} does not fit the model ({'; '.join(problems)}).{describe_shape_hint(state_dict)}")
-    model.load_state_dict(state_dict, strict=True)
+    result = model.load_state_dict(state_dict, strict=not new_mtp)
+    assert sorted(result.missing_keys) == sorted(new_mtp) and not result.unexpected_keys, result  # checked above
     return model
 
 
@@ -247,7 +264,8 @@ def load_model(path: str, overrides: dict | None = None, device="cpu", dtype=Non
             print(f"{path}: flags override the checkpoint's config: "
                   + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
         model = MiniMindForCausalLM(MiniMindConfig(**{**config, **overrides}))
-        load_weights(model, path)
+        mtp_resized = overrides.get("mtp_depth", config.get("mtp_depth", 0)) != config.get("mtp_depth", 0)
+        load_weights(model, path, mtp_resized=mtp_resized, quiet=quiet)
     return model.to(device=device, dtype=dtype), meta
 
 
@@ -267,30 +285,53 @@ def resolve_weight(args, name: str) -> str | None:
 
 def size_overrides(args) -> dict:
     return {"hidden_size": args.hidden_size, "num_hidden_layers": args.num_hidden_layers,
-            "use_moe": None if args.use_moe is None else bool(args.use_moe)}
+            "use_moe": None if args.use_moe is None else bool(args.use_moe),
+            "attention": getattr(args, "attention", None), "kv_lora_rank": getattr(args, "kv_lora_rank", None),
+            "mtp_depth": getattr(args, "mtp_depth", None)}  # the chat tools' flags have none: keep the checkpoint's
 
 
-def build_model(args, run, tokenizer, from_weight: str | None = None, **config):
-    """A MiniMind model on the run's device, in float32 (autocast handles the low precision)."""
+@contextmanager
+def config_errors_as_one_line():
+    """MiniMindConfig's ValueErrors (sizes that do not divide, an MLA latent wider than the model, ...) are the
+    flags' fault: one line and exit 1, not a traceback."""
+    try:
+        yield
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+
+
+def build_model(args, run, tokenizer, from_weight: str | None = None, trains_mtp: bool = False, **config):
+    """A MiniMind model on the run's device, in float32 (autocast handles the low precision).
+
+    `trains_mtp`: the stage's loss includes the multi-token prediction modules (pretraining and SFT). Elsewhere
+    a checkpoint's MTP modules are carried along frozen: DDP would stop on weights that get no gradient."""
     path = resolve_weight(args, args.from_weight if from_weight is None else from_weight)
     if path:
         if not os.path.exists(path):
             sys.exit(f"--from_weight: {path} not found (train the previous stage first, or pass "
                      f"--from_weight <path>; size flags pick the file name: --hidden_size, --use_moe)")
-        model, meta = load_model(path, {**size_overrides(args), **config}, quiet=not run.is_main)
+        with config_errors_as_one_line():
+            model, meta = load_model(path, {**size_overrides(args), **config}, quiet=not run.is_main)
         run.print(f"model: loaded {path} ({meta.get('stage', '?')}, step {meta.get('step', '?')})")
     else:
         sizes = {k: v for k, v in size_overrides(args).items() if v is not None}
         from .model_minimind import MiniMindConfig, MiniMindForCausalLM
-        model = MiniMindForCausalLM(MiniMindConfig(vocab_size=len(tokenizer), **sizes, **config))
+        with config_errors_as_one_line():
+            config = MiniMindConfig(vocab_size=len(tokenizer), **sizes, **config)
+        model = MiniMindForCausalLM(config)
     if model.config.vocab_size != len(tokenizer):
         sys.exit(f"model vocab {model.config.vocab_size} != tokenizer vocab {len(tokenizer)} "
                  f"({args.tokenizer_path}): use the tokenizer the model was trained with")
     if args.grad_checkpoint:  # HF's switch: MiniMindModel recomputes each block in the backward (use_reentrant=False)
         model.activation_checkpointing_enable()
+    if model.config.mtp_depth and not trains_mtp:
+        model.mtp.requires_grad_(False)
+        run.print(f"model: its {model.config.mtp_depth} MTP module(s) are kept as they are (this stage does not "
+                  f"train them; --mtp_depth 0 drops them)")
     n = sum(p.numel() for p in model.parameters())
     run.print(f"model: {n / 1e6:.2f}M parameters, hidden {model.config.hidden_size} x "
               f"{model.config.num_hidden_layers} layers{', MoE' if model.config.use_moe else ''}"
+              f"{', MLA' if model.config.attention == 'mla' else ''}"
               f"{', activation checkpointing' if args.grad_checkpoint else ''}")
     return model.to(run.device)
 

@@ -13,6 +13,9 @@ def llama_config_from(config: MiniMindConfig) -> LlamaConfig:
     """The Llama config that computes exactly what a dense MiniMind config computes."""
     if config.use_moe:
         raise ValueError("only dense MiniMind models map to Llama; export MoE models as MiniMind folders")
+    if config.attention == "mla":
+        raise ValueError("latent attention (MLA) has no Llama equivalent: export MLA models as MiniMind folders "
+                         "(--to hf without --llama, loaded with trust_remote_code)")
     rope = {"rope_type": "default", "rope_theta": config.rope_theta}
     if config.yarn_params:
         # MiniMind's YaRN does not rescale attention (attention_factor 1.0); Llama's default would.
@@ -49,7 +52,8 @@ def save_as_llama(model: MiniMindForCausalLM, out_dir: str, tokenizer_dir: str |
                   dtype: torch.dtype | None = None) -> str:
     """Write a `LlamaForCausalLM` folder with the same weights (the state-dict names are already Llama's)."""
     llama = LlamaForCausalLM(llama_config_from(model.config))
-    llama.load_state_dict(model.state_dict(), strict=True)
+    # Multi-token prediction modules (mtp.*) train the model; inference runs without them, as DeepSeek-V3's does.
+    llama.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("mtp.")}, strict=True)
     if dtype is not None:
         llama.to(dtype)
     llama.save_pretrained(out_dir)

@@ -20,10 +20,19 @@ def flops_per_token(config, seq_len: int) -> float:
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     kv = config.num_key_value_heads * config.head_dim
     attn = 2 * h * h + 2 * h * kv
+    qk_v = 2 * h  # per token and key: the widths of QK^T and AV over all heads
+    if getattr(config, "attention", "gqa") == "mla":  # latent attention's projections (model_minimind.LatentAttention)
+        heads, rank, q_rank = config.num_attention_heads, config.kv_lora_rank, config.q_lora_rank
+        qk, v = config.qk_nope_head_dim + config.qk_rope_head_dim, config.v_head_dim
+        q = q_rank * (h + heads * qk) if q_rank else h * heads * qk
+        attn = q + h * (rank + config.qk_rope_head_dim) + rank * heads * (config.qk_nope_head_dim + v) + heads * v * h
+        qk_v = heads * (qk + v)
     experts = config.num_experts_per_tok + config.n_shared_experts if config.use_moe else 1
     mlp = experts * 3 * h * inter + (config.n_routed_experts * h if config.use_moe else 0)
     active = layers * (attn + mlp) + config.vocab_size * h  # the (tied) output head is a real matmul
-    return 6 * active + 12 * layers * h * seq_len
+    mtp = getattr(config, "mtp_depth", 0)  # each MTP depth (training): a block, eh_proj (2h -> h), the head again
+    active += mtp * (attn + mlp + 2 * h * h + config.vocab_size * h)
+    return 6 * active + 6 * (layers + mtp) * qk_v * seq_len
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 0.1,

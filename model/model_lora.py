@@ -33,6 +33,9 @@ from .quant import NF4Linear
 
 # Attention and MLP projections: every matrix of a block (in MoE models, every expert's too).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The same for latent attention (MLA), whose projections have DeepSeek's names (model_minimind.LatentAttention).
+MLA_TARGETS = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+               "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."  # what peft puts before the model's own names in a saved adapter
 
 
@@ -116,6 +119,15 @@ def lora_config(model) -> dict | None:
     dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
     targets = sorted({name.rsplit(".", 1)[-1] for name in modules})
     return {"rank": first.rank, "alpha": first.alpha, "dropout": dropout, "targets": targets}
+
+
+def default_targets(config) -> tuple[str, ...]:
+    """Every projection of a block for this model's attention: DEFAULT_TARGETS (GQA), or MLA's linears (q_proj
+    or q_a_proj/q_b_proj, whichever the config has, since apply_lora rejects a target that matches nothing)."""
+    if getattr(config, "attention", "gqa") != "mla":
+        return DEFAULT_TARGETS
+    skip = {"q_proj"} if config.q_lora_rank else {"q_a_proj", "q_b_proj"}
+    return tuple(t for t in MLA_TARGETS if t not in skip)
 
 
 def apply_lora(model, rank: int = 8, alpha: float = 16, dropout: float = 0.0, targets=DEFAULT_TARGETS):

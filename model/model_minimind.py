@@ -1,6 +1,6 @@
 """MiniMind: a small Llama-style decoder, dense or Mixture-of-Experts, in one file.
 
-Read top to bottom: config -> RMSNorm -> RoPE (+YaRN) -> attention -> MLP / MoE -> block
+Read top to bottom: config -> RMSNorm -> RoPE (+YaRN) -> attention (GQA, or DeepSeek's latent MLA) -> MLP / MoE -> block
 -> model -> causal-LM head. Generation lives in model/generation.py.
 
 The state-dict names are those of Hugging Face Llama (`model.layers.0.self_attn.q_proj.weight`, ...), so a
@@ -65,6 +65,14 @@ class MiniMindConfig(PretrainedConfig):
         seq_aux: bool = True,
         norm_topk_prob: bool = True,
         bias_update_speed: float = 0.0,
+        # DeepSeek-V3 options, off by default (MiniMind2 checkpoints are untouched by them)
+        attention: str = "gqa",  # "gqa" (grouped-query) or "mla" (multi-head latent attention)
+        kv_lora_rank: int | None = None,  # MLA: width of the cached KV latent (None = hidden_size / 4)
+        q_lora_rank: int = 0,  # MLA: low-rank query projection; 0 = full-rank q_proj (as DeepSeek-V2-Lite)
+        qk_rope_head_dim: int | None = None,  # MLA: decoupled RoPE part of q/k (None = head_dim / 2)
+        qk_nope_head_dim: int | None = None,  # MLA: position-free part of q/k (None = head_dim)
+        v_head_dim: int | None = None,  # MLA: value head dim (None = head_dim)
+        mtp_depth: int = 0,  # multi-token prediction: sequential modules predicting 2..D+1 tokens ahead
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -98,6 +106,28 @@ class MiniMindConfig(PretrainedConfig):
         self.norm_topk_prob = norm_topk_prob
         # DeepSeek-V3 auxiliary-loss-free balancing: > 0 turns on a per-expert routing bias nudged by load
         self.bias_update_speed = bias_update_speed
+        self.attention = attention
+        # MLA defaults scale with the model as DeepSeek-V2-Lite's do (latent = hidden / 4, RoPE key = half a head):
+        # at 512 x 8 heads a layer caches 128 + 32 = 160 values per token, against GQA's 2 x 64 x 2 = 256.
+        self.kv_lora_rank = kv_lora_rank or hidden_size // 4
+        self.q_lora_rank = q_lora_rank or 0
+        self.qk_rope_head_dim = qk_rope_head_dim or self.head_dim // 2
+        self.qk_nope_head_dim = qk_nope_head_dim or self.head_dim
+        self.v_head_dim = v_head_dim or self.head_dim
+        if attention not in ("gqa", "mla"):
+            raise ValueError(f"attention={attention!r}: choose 'gqa' (grouped-query) or 'mla' (multi-head latent)")
+        if attention == "mla":
+            if not 0 < self.kv_lora_rank <= hidden_size or not 0 <= self.q_lora_rank <= hidden_size:
+                raise ValueError(f"MLA ranks must fit the model: 0 < kv_lora_rank ({self.kv_lora_rank}) <= hidden_size "
+                                 f"({hidden_size}) and 0 <= q_lora_rank ({self.q_lora_rank}) <= hidden_size")
+            dims = (self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim)
+            if min(dims) <= 0 or self.qk_rope_head_dim % 2:
+                raise ValueError(f"MLA head dims: qk_rope_head_dim ({self.qk_rope_head_dim}) must be even and positive "
+                                 f"(RoPE rotates pairs), qk_nope_head_dim ({self.qk_nope_head_dim}) and v_head_dim "
+                                 f"({self.v_head_dim}) positive")
+        self.mtp_depth = mtp_depth
+        if not isinstance(mtp_depth, int) or mtp_depth < 0:
+            raise ValueError(f"mtp_depth={mtp_depth!r}: the number of multi-token prediction modules is an int >= 0")
         kwargs.pop("rope_scaling", None)  # MiniMind2 configs carry it; yarn_params is the source of truth here
         super().__init__(
             bos_token_id=bos_token_id,
@@ -134,7 +164,9 @@ class RMSNorm(nn.Module):
 
 def rope_inv_freq(config: MiniMindConfig) -> torch.Tensor:
     """Inverse frequencies of rotary embeddings, optionally stretched by YaRN."""
-    dim, base = config.head_dim, config.rope_theta
+    # MLA rotates only its decoupled RoPE part of q/k, so its tables (and YaRN's ramp) span that width.
+    dim = config.qk_rope_head_dim if config.attention == "mla" else config.head_dim
+    base = config.rope_theta
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     if config.yarn_params:
         p = config.yarn_params
@@ -239,6 +271,106 @@ class Attention(nn.Module):
         probs = F.dropout(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), p=dropout,
                           training=dropout > 0)
         return (probs.view(B, kv_heads, groups * L, S) @ v).view(B, H, L, D)
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2/V3): keys and values are up-projected from one small latent per
+    token, which is all a KV cache keeps, beside a single RoPE key shared by the heads.
+
+    Each head's query and key are [nope | rope]: the nope part carries content (its key comes from the latent
+    through kv_b_proj), the rope part carries position (RoPE cannot pass through the latent, so it has its
+    own small key). Parameter names and layouts are DeepSeek-V2's in transformers.
+
+    Two ways to attend, equal up to rounding: `plain` up-projects the cached latents to full K/V for SDPA (training
+    and prefill, where many queries share the up-projection); `absorbed` folds kv_b_proj's key half into the query
+    and its value half into the output, so attention runs over the latents directly (decoding, where
+    up-projecting the whole cache for one query would dominate). `absorb`: None picks by shape, True/False forces.
+    """
+
+    def __init__(self, config: MiniMindConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.kv_lora_rank, self.q_lora_rank = (
+            config.num_attention_heads, config.kv_lora_rank, config.q_lora_rank)
+        self.nope, self.rope, self.v_dim = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
+        q_out = self.n_heads * (self.nope + self.rope)
+        if self.q_lora_rank:
+            self.q_a_proj = nn.Linear(config.hidden_size, self.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(self.q_lora_rank, config.rms_norm_eps)
+            self.q_b_proj = nn.Linear(self.q_lora_rank, q_out, bias=False)
+        else:
+            self.q_proj = nn.Linear(config.hidden_size, q_out, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, self.kv_lora_rank + self.rope, bias=False)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, config.rms_norm_eps)  # DeepSeek's: a fixed eps of 1e-6
+        self.kv_b_proj = nn.Linear(self.kv_lora_rank, self.n_heads * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.v_dim, config.hidden_size, bias=False)
+        self.scale = (self.nope + self.rope) ** -0.5  # the full query/key width, as DeepSeek
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.flash = config.flash_attn
+        self.absorb = None
+
+    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
+        B, L, _ = x.shape
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.q_lora_rank else self.q_proj(x)
+        q_nope, q_pe = q.view(B, L, self.n_heads, self.nope + self.rope).split([self.nope, self.rope], dim=-1)
+        q_pe = apply_rotary(q_pe, cos, sin)
+        c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope], dim=-1)
+        c_kv = self.kv_a_layernorm(c_kv)
+        k_pe = apply_rotary(k_pe[:, :, None], cos, sin)[:, :, 0]  # one RoPE key shared by every head
+        if cache is not None:  # the cache holds the latent and the RoPE key only: (B, 1, S, rank), (B, 1, S, rope)
+            c_kv, k_pe = cache.update(c_kv[:, None], k_pe[:, None], self.layer_idx)
+            c_kv, k_pe = c_kv[:, 0], k_pe[:, 0]
+        absorb = self.absorb if self.absorb is not None else cache is not None and L == 1
+        # Folding kv_b_proj needs its matrix; a wrapped one (LoRA adapters, NF4) goes the plain way.
+        if absorb and type(self.kv_b_proj) is nn.Linear:
+            out = self.absorbed(q_nope, q_pe, c_kv, k_pe, mask, is_causal)
+        else:
+            out = self.plain(q_nope, q_pe, c_kv, k_pe, mask, is_causal)
+        return self.resid_dropout(self.o_proj(out.reshape(B, L, self.n_heads * self.v_dim)))
+
+    def plain(self, q_nope, q_pe, c_kv, k_pe, mask, is_causal):
+        """Up-project every latent to per-head k_nope and v, then ordinary attention; (B, L, heads, v_dim)."""
+        B, S, H = c_kv.shape[0], c_kv.shape[1], self.n_heads
+        k_nope, v = self.kv_b_proj(c_kv).view(B, S, H, self.nope + self.v_dim).split([self.nope, self.v_dim], -1)
+        q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)
+        k = torch.cat([k_nope, k_pe[:, :, None].expand(B, S, H, self.rope)], dim=-1).transpose(1, 2)
+        v = v.transpose(1, 2)
+        dropout = self.dropout if self.training else 0.0
+        if self.flash:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                                 scale=self.scale)
+        else:
+            out = self.attention_probs(q @ k.transpose(-2, -1), mask, is_causal, dropout) @ v
+        return out.transpose(1, 2)
+
+    def absorbed(self, q_nope, q_pe, c_kv, k_pe, mask, is_causal):
+        """The same attention over the latents: q_nope . (W_uk c) = (W_uk^T q_nope) . c and
+        sum_s p_s (W_uv c_s) = W_uv (sum_s p_s c_s), so neither K nor V is ever materialised."""
+        B, L, H = q_nope.shape[0], q_nope.shape[1], self.n_heads
+        w = self.kv_b_proj.weight.to(q_nope.dtype).view(H, self.nope + self.v_dim, self.kv_lora_rank)
+        w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]
+        # Per-head matmuls batched over heads (plain bmm: einsum would copy the weight slices every step).
+        q_lat = (q_nope.permute(2, 0, 1, 3).reshape(H, B * L, self.nope) @ w_uk).view(H, B, L, -1).transpose(0, 1)
+        # Every head reads the same latents (one "KV head"): heads x queries as the rows of one matmul, rather
+        # than a broadcast that would copy the cache once per head.
+        scores = (q_lat.reshape(B, H * L, -1) @ c_kv.transpose(1, 2)
+                  + q_pe.transpose(1, 2).reshape(B, H * L, -1) @ k_pe.transpose(1, 2)).view(B, H, L, -1)
+        probs = self.attention_probs(scores, mask, is_causal, self.dropout if self.training else 0.0)
+        o_lat = (probs.reshape(B, H * L, -1) @ c_kv).view(B, H, L, -1)  # the output in latent space
+        out = o_lat.transpose(0, 1).reshape(H, B * L, -1) @ w_uv.transpose(1, 2)  # (H, B * L, v_dim)
+        return out.view(H, B, L, self.v_dim).permute(1, 2, 0, 3)
+
+    def attention_probs(self, scores, mask, is_causal, dropout):
+        """softmax(scores * scale + mask), written out (float32 softmax); `scores` is (B, H, L, S)."""
+        L, S = scores.shape[-2:]
+        if is_causal:
+            mask = torch.ones(L, S, dtype=torch.bool, device=scores.device).tril(S - L)
+        scores = scores * self.scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+        return F.dropout(probs, p=dropout, training=dropout > 0)
 
 
 class FeedForward(nn.Module):
@@ -362,7 +494,8 @@ class Block(nn.Module):
 
     def __init__(self, config: MiniMindConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = Attention(config, layer_idx)
+        attention = LatentAttention if config.attention == "mla" else Attention
+        self.self_attn = attention(config, layer_idx)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MoEFeedForward(config) if config.use_moe else FeedForward(config)
@@ -392,6 +525,37 @@ def replay_routing(gates):
                 gate.replay_bias = None
 
     return nullcontext(), recompute()
+
+
+class MTPModule(nn.Module):
+    """One depth of DeepSeek-V3's multi-token prediction (MTP, §2.2): from the previous depth's hidden state h_i
+    and the embedding of the token one further ahead, one more block predicts one more token ahead, through the
+    shared embedding and output head. Training only: inference drops the modules (or drafts with them).
+
+    h_i = block(eh_proj(concat[hnorm(h_prev_i), enorm(next_embeds_i)])); logits = lm_head(norm(h_i))."""
+
+    def __init__(self, config: MiniMindConfig, depth_idx: int):
+        super().__init__()
+        self.depth_idx = depth_idx
+        self.hnorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.enorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
+        # Layer indices after the main model's, so a KV cache holds the MTP blocks' keys apart from theirs.
+        self.block = Block(config, layer_idx=config.num_hidden_layers + depth_idx)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)  # applied before the shared head (mtp_logits)
+
+    def forward(self, h_prev, next_embeds, cos, sin, mask=None, is_causal=False, cache=None):
+        """(hidden before `norm`, the block's MoE aux loss); h_prev and next_embeds are (B, L, H)."""
+        x = self.eh_proj(torch.cat([self.hnorm(h_prev), self.enorm(next_embeds)], dim=-1))
+        return self.block(x, cos, sin, mask, is_causal, cache)
+
+
+def kv_cache_dims(config: MiniMindConfig) -> tuple[int, int, int, int]:
+    """(key heads, key dim, value heads, value dim) of what one layer caches per token; a KV cache of any
+    kind allocates (batch, heads, length, dim) buffers from these."""
+    if config.attention == "mla":  # the latent as the "keys", the shared RoPE key as the "values"
+        return 1, config.kv_lora_rank, 1, config.qk_rope_head_dim
+    return config.num_key_value_heads, config.head_dim, config.num_key_value_heads, config.head_dim
 
 
 def attention_mask_4d(attention_mask, q_len: int, past_len: int):
@@ -432,6 +596,9 @@ class MiniMindOutput(ModelOutput):
     logits: torch.Tensor | None = None
     cache: object | None = None
     hidden_states: torch.Tensor | None = None
+    # Mean over the MTP depths of their cross-entropies (training with labels and mtp_depth > 0; else None).
+    # Last, so the positions of the fields above are those of models without MTP.
+    mtp_loss: torch.Tensor | None = None
 
 
 class MiniMindModel(nn.Module):
@@ -501,6 +668,8 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        if config.mtp_depth:  # absent otherwise, so MiniMind2 state dicts keep exactly their keys
+            self.mtp = nn.ModuleList(MTPModule(config, k) for k in range(config.mtp_depth))
         self.post_init()
 
     @torch.no_grad()
@@ -521,8 +690,8 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
             cos, sin = module.tables()
             hf_init.copy_(module.cos, cos)
             hf_init.copy_(module.sin, sin)
-        if isinstance(module, (Attention, FeedForward)):
-            proj = module.o_proj if isinstance(module, Attention) else module.down_proj
+        if isinstance(module, (Attention, LatentAttention, FeedForward)):
+            proj = module.down_proj if isinstance(module, FeedForward) else module.o_proj
             # Children are initialised before their parent, so this overrides the plain N(0, 0.02) above.
             hf_init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
 
@@ -552,11 +721,18 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> MiniMindOutput:
         """`labels` are aligned with `input_ids` (the shift happens here); -100 marks tokens not learned.
-        `logits_to_keep=n` computes logits for the last n positions only (0 = all)."""
+        `logits_to_keep=n` computes logits for the last n positions only (0 = all). With labels and mtp_depth > 0,
+        the MTP modules add `mtp_loss` (see mtp_losses) and their MoE aux loss; `loss` and `logits` stay the
+        main model's."""
         cache = cache if cache is not None else past_key_values  # transformers >= 5.2x calls it `cache`
         if use_cache and cache is None:
             cache = DynamicCache()
         hidden, aux_loss = self.model(input_ids, attention_mask, position_ids, cache, inputs_embeds)
+        mtp_loss = None
+        if labels is not None and self.config.mtp_depth:  # a training signal only: inference skips the modules
+            embeds = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            mtp_loss, mtp_aux = self.mtp_losses(hidden, embeds, labels, attention_mask, position_ids)
+            aux_loss = aux_loss + mtp_aux
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
@@ -564,7 +740,45 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
-        return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache, hidden_states=hidden)
+        return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache, hidden_states=hidden,
+                              mtp_loss=mtp_loss)
+
+    def mtp_logits(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Logits of MTP depth k (0-based) from its hidden state: its own norm, then the shared output head."""
+        return self.lm_head(self.mtp[k].norm(h))
+
+    def mtp_losses(self, hidden, embeds, labels, attention_mask=None, position_ids=None):
+        """(mean over depths of the MTP cross-entropies, the MTP blocks' summed MoE aux loss).
+
+        Depth k (1-based) at position i combines h^{k-1}_i (h^0 = the main model's final hidden state) with the
+        embedding of token i+k and predicts token i+k+1, so its sequence is k positions shorter than the input and
+        its labels are the main ones shifted by k more. h^k_i feeds depth k+1 at the same position: the causal
+        chain of DeepSeek-V3, where each depth sees one more true token than the one before."""
+        L = hidden.shape[1]
+        if L <= self.config.mtp_depth:
+            raise ValueError(f"mtp_depth {self.config.mtp_depth} needs sequences of more than that many tokens, "
+                             f"got {L}")
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        recompute = self.model.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        h, losses, aux_loss = hidden, [], hidden.new_zeros((), dtype=torch.float32)
+        for k, module in enumerate(self.mtp, start=1):
+            n = L - k  # positions i that have a token i+k
+            cos, sin = self.model.rotary(None if position_ids is None else position_ids[:, :n], 0, n, dtype)
+            # A position is real when both its hidden state's token (i) and its embedded token (i+k) are.
+            pad = None if attention_mask is None else attention_mask[:, :n].bool() & attention_mask[:, k:].bool()
+            mask, is_causal = attention_mask_4d(pad, n, 0)
+            args = (h[:, :n], embeds[:, k:], cos, sin, mask, is_causal)
+            h, block_aux = self.model.checkpointed(module, *args) if recompute else module(*args)
+            aux_loss = aux_loss + block_aux
+            logits = self.mtp_logits(k - 1, h)[:, :-1]  # the last position has no token i+k+1
+            target = labels[:, k + 1:]
+            # Summed then divided by the count (at least 1): an SFT batch whose replies are all shorter than
+            # k + 1 tokens gives 0, not NaN, and still touches every MTP weight (DDP needs each to get a gradient).
+            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
+                                 ignore_index=-100, reduction="sum")
+            losses.append(ce / (target != -100).sum().clamp(min=1))
+        return torch.stack(losses).mean(), aux_loss
 
 
 # `AutoModelForCausalLM.from_pretrained(folder)` works for MiniMind folders once this module is imported.

@@ -42,6 +42,18 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     g.add_argument("--hidden_size", type=int, default=None, help="default: from --from_weight, else 512")
     g.add_argument("--num_hidden_layers", type=int, default=None, help="default: from --from_weight, else 8")
     g.add_argument("--use_moe", type=int, default=None, choices=[0, 1], help="default: from --from_weight, else 0")
+    g.add_argument("--attention", default=None, choices=["gqa", "mla"],
+                   help="gqa (grouped-query, MiniMind2) or mla (DeepSeek's multi-head latent attention: a smaller "
+                        "KV cache); default: from --from_weight, else gqa")
+    g.add_argument("--kv_lora_rank", type=int, default=None,
+                   help="--attention mla: width of the cached KV latent (default: from --from_weight, else hidden/4)")
+    g.add_argument("--mtp_depth", type=int, default=None,
+                   help="DeepSeek-V3 multi-token prediction: D extra modules predicting 2..D+1 tokens ahead, a "
+                        "training signal (pretraining, SFT) dropped by Llama/GGUF exports (default: from "
+                        "--from_weight, else 0; a checkpoint without them gets new ones from init, 0 drops them)")
+    g.add_argument("--mtp_weight", type=float, default=0.3,
+                   help="lambda in loss = next-token CE + lambda * mean MTP CE (0.3: DeepSeek-V3's first 10T "
+                        "tokens, then 0.1)")
     g.add_argument("--max_seq_len", type=int, default=512)
     g.add_argument("--data_path", default=None)
     g.add_argument("--val_path", default=None, help="held-out data for validation loss and bits per byte")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .generation import KVCache, sample_next_token
+from .generation import KVCache, sample_next_token, stream_generate
 
 SPARE_COLUMNS = 64  # decode steps that fit before the cache must be laid out again
 
@@ -94,11 +94,19 @@ class Request:
 class Engine:
     """The scheduler. `start()` runs it on a background thread; tests may call `step()` directly instead."""
 
-    def __init__(self, model, max_batch_size: int = 16, eos_token_ids=None, generator: torch.Generator | None = None):
+    def __init__(self, model, max_batch_size: int = 16, eos_token_ids=None, generator: torch.Generator | None = None,
+                 drafter=None):
+        """`drafter` (generation.DraftModel or MTPDrafter): speculative decoding, one request at a time
+        (max_batch_size becomes 1): each request's tokens come from `stream_generate(..., drafter=...)`, a
+        step emitting one of them. Log-probs are not kept on that path (the server refuses to ask)."""
         self.model = model.eval()
         self.config = model.config
         self.device = model.device
         self.dtype = next(model.parameters()).dtype
+        self.drafter = drafter
+        if drafter is not None:
+            drafter.check(model)
+            max_batch_size = 1
         self.max_batch_size = max_batch_size
         self.generator = generator  # for requests without a seed; a caller's makes a synchronous run repeatable
         if self.generator is None:
@@ -117,6 +125,7 @@ class Engine:
 
     def reset_batch(self):
         self.rows: list[Request] = []
+        self.speculative = None  # with a drafter: the running request's token stream
         self.cache = None  # KVCache of the rows; None while there are none
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (rows, length): 0 = left padding
         self.tokens = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's next input token
@@ -194,6 +203,9 @@ class Engine:
 
     @torch.inference_mode()
     def step(self):
+        if self.drafter is not None:
+            self.speculative_step()
+            return
         self.retire([r.cancelled for r in self.rows], "cancelled")
         admitted = []  # (request, its prefilled cache, its first token)
         while len(self.rows) + len(admitted) < self.max_batch_size:
@@ -214,6 +226,31 @@ class Engine:
                 [len(request.prompt_ids) for request, _, _ in admitted])])
         if self.rows:
             self.decode()
+
+    def speculative_step(self):
+        """One token of the one running request (which a waiting request replaces once it is done)."""
+        if self.rows and self.rows[0].cancelled:
+            self.stats["cancelled"] += 1
+            self.reset_batch()
+        while not self.rows:
+            with self.wakeup:
+                request = self.waiting.popleft() if self.waiting else None
+            if request is None:
+                return
+            if request.cancelled:
+                self.stats["cancelled"] += 1
+                continue
+            p = request.params
+            ids = torch.tensor([request.prompt_ids], device=self.device)
+            self.rows = [request]
+            self.speculative = stream_generate(
+                self.model, ids, max_new_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+                top_k=p.top_k, repetition_penalty=p.repetition_penalty, do_sample=p.temperature > 0,
+                eos_token_id=sorted(self.eos), generator=request.generator or self.generator,
+                frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty, drafter=self.drafter)
+        # The stream ends exactly when emit reports the request finished (eos or max_tokens).
+        if self.emit(self.rows[0], int(next(self.speculative)[0]), float("nan"), None):
+            self.reset_batch()
 
     def prefill(self, request: Request):
         """Prefill the prompt alone and emit the first token; (request, cache, token) when the request goes on.

@@ -332,7 +332,11 @@ def train_next_token(session: Session):
         with run.autocast():
             out = session.model(batch["input_ids"], labels=batch["labels"])
             loss = out.loss + out.aux_loss  # next-token cross-entropy (+ MoE load balancing)
+            metrics = {}
+            if out.mtp_loss is not None:  # --mtp_depth > 0: DeepSeek-V3's multi-token prediction, weighted
+                loss = loss + session.args.mtp_weight * out.mtp_loss
+                metrics["mtp_loss"] = out.mtp_loss.detach()  # read (a device sync) only on log steps
         session.backward(loss)
         if session.ready:  # every --accumulation_steps micro-batches
-            session.step(out.loss)
+            session.step(out.loss, **metrics)  # `loss` logged stays the next-token CE, comparable without MTP
     session.finish()

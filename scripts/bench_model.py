@@ -5,6 +5,8 @@
     python scripts/bench_model.py --compile 1        # also both models under torch.compile (train_*.py --compile)
     python scripts/bench_model.py --quantize int8 --skip train,decode   # MiniMind decoding: fp32, bf16, int8 weights
     python scripts/bench_model.py --quantize nf4 --skip train,decode    # LoRA vs QLoRA training steps
+    python scripts/bench_model.py --skip train,decode --spec_model out/demo/full_sft_256.pth \
+        --draft_weight out/demo/full_dist_128.pth --spec_k 4     # speculative decoding vs plain, batch 1
 
 Both models hold the same weights (MiniMind's state dict loads into LlamaForCausalLM unchanged). Steps of A
 and B are interleaved and the median is taken, because this kind of machine drifts 15-20% between runs;
@@ -16,20 +18,21 @@ import copy
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
-from transformers import LlamaForCausalLM  # noqa: E402
-
-from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402
+from model import MiniMindConfig, MiniMindForCausalLM  # noqa: E402  (first: it quiets torchao's import noise)
 from model.export import llama_config_from  # noqa: E402
-from model.generation import generate  # noqa: E402
+from model.chat import add_speculative_args  # noqa: E402
+from model.generation import SpecStats, generate, stream_generate  # noqa: E402
 from model.logger import flops_per_token, measure_matmul_peak  # noqa: E402
 from model.model_lora import DEFAULT_TARGETS, apply_lora  # noqa: E402
 from model.quant import quantize_int8, quantize_nf4_, weight_bytes  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 
 def sync(device):
@@ -81,8 +84,16 @@ def main():
                         help="int8: also decode at batch 1 with MiniMind's weights in float32, bfloat16 and int8 "
                              "(eval_model.py --quantize int8); nf4: also train LoRA and QLoRA (train_lora.py "
                              "--quantize nf4) at --batch_size x --seq_len; interleaved: tokens/s and weight memory")
+    g = parser.add_argument_group("speculative decoding (needs trained models: acceptance depends on them)")
+    g.add_argument("--spec_model", default=None, help="the model's checkpoint (.pth or HF folder)")
+    add_speculative_args(g)
+    g.add_argument("--spec_prompts", default=os.path.join(ROOT, "dataset", "demo", "eval.jsonl"),
+                   help="jsonl with a 'question' per line, asked through the chat template")
+    g.add_argument("--spec_n_prompts", type=int, default=8)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.draft_weight and not args.spec_model:
+        parser.error("--draft_weight needs --spec_model (the model it drafts for)")
     torch.manual_seed(0)
     config = MiniMindConfig(hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers)
     ours = MiniMindForCausalLM(config).to(device)
@@ -129,10 +140,60 @@ def main():
                   f"minimind {batch * n / t['minimind']:7,.0f} tok/s  hf generate {batch * n / t['hf_llama']:7,.0f} "
                   f"tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x")
 
+    if args.draft_weight:
+        bench_speculative(args, device)
     if args.quantize == "int8":
         bench_int8_decode(ours.eval().to(torch.float32), args, device)
     elif args.quantize == "nf4":
         bench_qlora(ours.to(torch.float32), args, device, dtypes)
+
+
+def bench_speculative(args, device):
+    """Batch-1 replies of a trained model decoded plainly and with the drafter, alternated prompt by prompt
+    (and which goes first), greedy and sampled: tokens/s of each, their ratio, and the drafts' acceptance."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from model.chat import DEFAULT_TOKENIZER, chat_prompt_ids, load_drafter
+    from model.checkpoint import load_model
+    model, meta = load_model(args.spec_model, quiet=True)
+    model = model.to(device).eval()
+    folder = args.spec_model if os.path.isfile(os.path.join(args.spec_model, "tokenizer_config.json")) else \
+        meta.get("args", {}).get("tokenizer_path") or DEFAULT_TOKENIZER
+    tokenizer = AutoTokenizer.from_pretrained(folder if os.path.isdir(folder) else DEFAULT_TOKENIZER)
+    drafter = load_drafter(args, model, tokenizer)
+    with open(args.spec_prompts, encoding="utf-8") as f:
+        questions = [json.loads(line)["question"] for line in f if line.strip()]
+    step = max(1, len(questions) // args.spec_n_prompts)  # spread over the file's categories
+    prompts = [torch.tensor([chat_prompt_ids(tokenizer, [{"role": "user", "content": q}])], device=device)
+               for q in questions[::step][:args.spec_n_prompts]]
+    print(f"speculative: {args.spec_model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M) with "
+          f"{args.draft_weight}, k={drafter.k}, {len(prompts)} prompts, up to {args.new_tokens} new tokens each")
+
+    def reply(ids, spec, sampling, seed):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        return [int(t) for t in stream_generate(model, ids, max_new_tokens=args.new_tokens, generator=generator,
+                                                eos_token_id=tokenizer.eos_token_id,
+                                                drafter=drafter if spec else None, **sampling)]
+
+    for mode, sampling in (("greedy", dict(do_sample=False)), ("sampled", dict(temperature=0.85, top_p=0.85))):
+        reply(prompts[0], True, sampling, 0)  # warm-up
+        seconds, tokens, same = {False: 0.0, True: 0.0}, {False: 0, True: 0}, True
+        drafter.stats = SpecStats()
+        for rep in range(max(1, args.reps // 2)):
+            for i, ids in enumerate(prompts):
+                out = {}
+                for spec in ((False, True) if (i + rep) % 2 else (True, False)):
+                    start = time.perf_counter()
+                    out[spec] = reply(ids, spec, sampling, seed=1000 * rep + i)
+                    seconds[spec] += time.perf_counter() - start
+                    tokens[spec] += len(out[spec])
+                same = same and out[False] == out[True]
+        plain, spec = tokens[False] / seconds[False], tokens[True] / seconds[True]
+        check = f", replies identical: {'yes' if same else 'NO'}" if mode == "greedy" else ""
+        print(f"decode {mode:7s} batch 1: plain {plain:6.1f} tok/s  speculative {spec:6.1f} tok/s  "
+              f"ratio {spec / plain:.2f}x  ({drafter.stats}{check})")
 
 
 def bench_int8_decode(model, args, device):
@@ -145,10 +206,42 @@ def bench_int8_decode(model, args, device):
     n = args.new_tokens
     runs = {name: lambda m=m: generate(m, prompt, max_new_tokens=n, do_sample=False, eos_token_id=[])
             for name, m in weights.items()}
-    t = interleaved(runs, max(2, args.reps // 2), device)
-    for name, m in weights.items():
-        print(f"decode {name:8s} weights, batch 1, {n} new tokens: {n / t[name]:7,.1f} tok/s "
-              f"({t['float32'] / t[name]:.2f}x float32's), {weight_bytes(m) / 1e6:6.1f} MB of weights")
+    sizes = {name: weight_bytes(m) for name, m in weights.items()}
+    if device.type == "cpu":
+        with tempfile.TemporaryDirectory() as tmp:
+            for gguf_type in ("q8_0", "f32"):
+                decoder = llama_cpp_decoder(model, gguf_type, prompt[0].tolist(), n, tmp)
+                if decoder:
+                    runs[f"llama.cpp {gguf_type}"], sizes[f"llama.cpp {gguf_type}"] = decoder
+        t = interleaved(runs, max(2, args.reps // 2), device)
+    else:
+        t = interleaved(runs, max(2, args.reps // 2), device)
+    for name in runs:
+        print(f"decode {name:14s} weights, batch 1, {n} new tokens: {n / t[name]:7,.1f} tok/s "
+              f"({t['float32'] / t[name]:.2f}x float32's), {sizes[name] / 1e6:6.1f} MB of weights")
+
+
+def llama_cpp_decoder(model, gguf_type: str, prompt: list[int], n: int, folder: str):
+    """(a function that decodes `n` greedy tokens after `prompt` with llama.cpp, the GGUF file's bytes) for the
+    same weights exported by scripts/convert_model.py, on torch's thread count; None without llama-cpp-python."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama.cpp column skipped: pip install -r requirements-llama-cpp.txt")
+        return None
+    from model.checkpoint import load_tokenizer
+    from scripts.convert_model import save_gguf  # the export users run
+    path = save_gguf(model, load_tokenizer(os.path.join(ROOT, "model", "tokenizer")),
+                     os.path.join(folder, f"bench-{gguf_type}.gguf"), gguf_type=gguf_type)
+    llm = llama_cpp.Llama(model_path=path, n_ctx=len(prompt) + n + 8, n_threads=torch.get_num_threads(),
+                          n_threads_batch=torch.get_num_threads(), verbose=False)
+
+    def run():
+        llm.reset()  # no prefix reuse between repetitions: every run evaluates the prompt, as ours does
+        for i, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True)):
+            if i == n - 1:
+                break
+    return run, os.path.getsize(path)
 
 
 def bench_qlora(model, args, device, dtypes):

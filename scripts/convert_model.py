@@ -1,12 +1,13 @@
 """Convert MiniMind checkpoints for the wider ecosystem, and back.
 
-    # .pth -> Hugging Face folder with MiniMind's own classes (AutoModelForCausalLM + trust_remote_code)
+    # .pth -> Hugging Face folder with MiniMind's own classes (AutoModelForCausalLM + trust_remote_code);
+    # the form for every model: dense, MoE, and latent attention (MLA)
     python scripts/convert_model.py --model_mode 1 --to hf --out out/minimind-hf
-    # .pth -> plain Llama folder (dense models): transformers, vLLM, SGLang load it with no remote code
+    # .pth -> plain Llama folder (dense GQA models): transformers, vLLM, SGLang load it with no remote code
     python scripts/convert_model.py --model_mode 1 --to hf --llama --out out/minimind-llama
     # Hugging Face folder (MiniMind or Llama) -> .pth + JSON meta, as the training stages write them
     python scripts/convert_model.py --load_from out/minimind-hf --to pth --out out/full_sft_512.pth
-    # GGUF for llama.cpp / Ollama (dense models): f16 (default), f32, or quantized q8_0 / q4_0 / q4_k_m
+    # GGUF for llama.cpp / Ollama (dense GQA models): f16 (default), f32, or quantized q8_0 / q4_0 / q4_k_m
     python scripts/convert_model.py --model_mode 1 --to gguf --out out/minimind.gguf
     python scripts/convert_model.py --model_mode 1 --to gguf --gguf_type q8_0 --out out/minimind-q8_0.gguf
     # any of the above with LoRA weights folded in first
@@ -144,6 +145,9 @@ def save_gguf(model: MiniMindForCausalLM, tokenizer, path: str, dtype: torch.dty
     if config.use_moe:
         raise CheckpointError("GGUF export covers dense models (llama.cpp's Llama architecture); MoE models "
                               "export as Hugging Face folders (--to hf)")
+    if config.attention == "mla":
+        raise CheckpointError("GGUF export covers GQA models (llama.cpp's Llama architecture; its deepseek2 MLA "
+                              "layout is not attempted): export MLA models as Hugging Face folders (--to hf)")
     if config.yarn_params:
         raise CheckpointError("GGUF export without YaRN: convert the checkpoint as trained (no "
                               "inference_rope_scaling); llama.cpp has its own --rope-scaling yarn flags")
@@ -172,6 +176,8 @@ def save_gguf(model: MiniMindForCausalLM, tokenizer, path: str, dtype: torch.dty
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # without an output tensor llama.cpp uses token_embd, as tied weights do
+        if name.startswith("mtp."):
+            continue  # multi-token prediction modules: a training signal, dropped for inference (see main)
         tensor = tensor.detach().float()
         projection = name.split(".")[-2]
         if projection in heads:
@@ -235,7 +241,9 @@ def parse_args(argv=None):
     parser.set_defaults(device="cpu", dtype="float32")  # convert at full precision; --save_dtype decides
     parser.add_argument("--to", required=True, choices=["hf", "pth", "gguf"])
     parser.add_argument("--out", required=True, help="a folder (hf) or a file (.pth, .gguf)")
-    parser.add_argument("--llama", action="store_true", help="--to hf: a plain LlamaForCausalLM folder")
+    parser.add_argument("--llama", action="store_true",
+                        help="--to hf: a plain LlamaForCausalLM folder (dense GQA models; MoE and MLA models "
+                             "export as MiniMind folders, without --llama)")
     parser.add_argument("--lora_path", default=None, help="fold these LoRA weights into the model first")
     parser.add_argument("--save_dtype", default="float16", choices=list(DTYPES),
                         help="weights as written (training saves float16, so float16 loses nothing)")
@@ -264,6 +272,9 @@ def main(argv=None):
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"{source}{' + ' + args.lora_path if args.lora_path else ''} -> {args.out}")
+    if getattr(model.config, "mtp_depth", 0) and (args.to == "gguf" or args.llama):
+        print(f"dropped its {model.config.mtp_depth} multi-token prediction module(s) (mtp.*): Llama and GGUF run "
+              "the main model only; --to hf without --llama, or --to pth, keeps them")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ from starlette.exceptions import HTTPException
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from model.chat import (Delta, IncrementalDetokenizer, ReplyStream, add_model_args, chat_prompt_ids,
-                        text_prompt_ids)
+                        load_drafter, text_prompt_ids)
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.quant import is_quantized
 from model.serving import Engine, SamplingParams
@@ -352,6 +352,9 @@ class Generation:
         text); `forced`: text the prompts end with that is the start of the reply (a forced call);
         `one_call`: end each reply at its first call."""
         n = body.n or 1
+        if logprobs is not None and state.engine.drafter is not None:
+            raise ApiError(400, "logprobs are not available with speculative decoding (--draft_weight)",
+                           param="logprobs")
         if n > state.engine.max_batch_size:
             raise ApiError(400, f"n={n}: at most --max_batch_size={state.engine.max_batch_size}", param="n")
         stop = [body.stop] if isinstance(body.stop, str) else body.stop
@@ -738,10 +741,12 @@ async def health(request: Request):
 
 def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | None = None,
                max_batch_size: int = 16, max_seq_len: int | None = None, model_aliases=("minimind",),
-               max_body_mb: float = 4, max_prompts: int = 128) -> FastAPI:
-    """The server around a loaded model: the engine thread runs while the app does."""
+               max_body_mb: float = 4, max_prompts: int = 128, drafter=None) -> FastAPI:
+    """The server around a loaded model: the engine thread runs while the app does. `drafter`: speculative
+    decoding, one request at a time (see model/serving.py's Engine)."""
     limit = min(max_seq_len or model.config.max_position_embeddings, model.config.max_position_embeddings)
-    engine = Engine(model, max_batch_size, eos_token_ids={tokenizer.eos_token_id, model.config.eos_token_id})
+    engine = Engine(model, max_batch_size, eos_token_ids={tokenizer.eos_token_id, model.config.eos_token_id},
+                    drafter=drafter)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -763,7 +768,8 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_model_args(parser, quantize=True)  # --quantize int8: load_chat_model quantises the served model
+    # --quantize int8: load_chat_model quantises the served model; --draft_weight: speculative, one request at a time
+    add_model_args(parser, quantize=True, speculative=True)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the server to the network")
     parser.add_argument("--port", type=int, default=8998)
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1/*")
@@ -784,13 +790,17 @@ def main():
     from model.chat import load_chat_model
     try:
         model, tokenizer, path = load_chat_model(args)
+        drafter = load_drafter(args, model, tokenizer)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     name = args.model_name or os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
     app = create_app(model, tokenizer, name, args.api_key, args.max_batch_size, args.max_seq_len, aliases,
-                     args.max_body_mb, args.max_prompts)
+                     args.max_body_mb, args.max_prompts, drafter)
+    if drafter:
+        print(f"speculative decoding: {args.draft_weight} drafts {drafter.k} token(s) per step, one request "
+              "at a time")
     print(f"serving {path} as '{name}'{''.join(f' or {a!r}' for a in aliases)} on http://{args.host}:{args.port}/v1 "
-          f"(batch {args.max_batch_size}, context {app.state.minimind.max_seq_len}"
+          f"(batch {app.state.minimind.engine.max_batch_size}, context {app.state.minimind.max_seq_len}"
           f"{', API key required' if args.api_key else ''})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -6,6 +6,9 @@ import json
 import math
 import os
 import random
+import signal
+import subprocess
+import sys
 from functools import lru_cache
 
 import torch
@@ -73,6 +76,19 @@ def write_corpus(path, n=160, seed=0):
             f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))},
                                ensure_ascii=False) + "\n")
     return str(path)
+
+
+def interrupt_at(argv, line_start, sig=signal.SIGINT, timeout=120):
+    """Run `python *argv` in the repo, send `sig` when it prints a line starting with `line_start` (SIGINT:
+    Ctrl-C), wait for it to end; returns the finished process (`.returncode`)."""
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith(line_start):
+            proc.send_signal(sig)
+            break
+    proc.communicate(timeout=timeout)
+    return proc
 
 
 def losses(out_dir, name="pretrain_32"):
