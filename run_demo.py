@@ -59,7 +59,8 @@ def demo_stages(args) -> list[Stage]:
               note="Short chats packed several to a 256-token window, each learning only its replies."),
         Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
                                                         "--batch_size", "16", "--learning_rate", "4e-3", "--mix_path",
-                                                        os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "3"],
+                                                        os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "3"]
+              + (["--quantize", args.lora_quantize] if args.lora_quantize != "none" else []),
               os.path.join(out, "lora", f"lora_identity_{h}.pth"), base=ckpt("full_sft"),
               note="LoRA adds the identity (who am I) to the SFT model, with three general chats replayed per "
                    "identity chat so that the other categories hold."),
@@ -418,6 +419,8 @@ def main():
     parser.add_argument("--stages", default=None, help="comma-separated subset of the stage names")
     parser.add_argument("--bpb_path", default=None, help="held-out text for bits per byte (demo: pretrain_val)")
     parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--lora_quantize", default="none", choices=["none", "nf4"],
+                        help="nf4: the demo's LoRA stage as QLoRA (its base in 4-bit NormalFloat)")
     args = parser.parse_args()
     demo = args.preset == "demo"
     args.out_dir = args.out_dir or ("out/demo" if demo else "out")

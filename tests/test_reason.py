@@ -164,6 +164,7 @@ def test_decoded_replies_keep_the_tag_tokens():
 # End to end
 
 
+@pytest.mark.slow  # a subprocess run with generation-based evaluation (CI runs the slow set too)
 def test_a_short_run_trains_evaluates_and_saves(tmp_path):
     torch.manual_seed(0)
     model = MiniMindForCausalLM(MiniMindConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -117,7 +117,8 @@ def finished(inputs, tmp_path_factory):
 # 1. Learning happens.
 
 
-@pytest.mark.parametrize("name", ["cispo", "grpo_2_iterations", pytest.param("ppo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["cispo", pytest.param("grpo_2_iterations", marks=pytest.mark.slow),
+                                  pytest.param("ppo", marks=pytest.mark.slow)])
 def test_replies_get_shorter_when_the_reward_pays_for_it(finished, name):
     """The untrained model's replies average ~7 tokens (p(eos) ~ 0.15, cut at 16); with the learning rate at 0
     they stay there, with the advantages' sign flipped they all run to 16 within two steps. Learning must
@@ -147,6 +148,7 @@ def torchrun(script, *args):
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # two processes (CI runs the slow set too; tests/test_training.py covers DDP by default)
 @pytest.mark.parametrize("script, extra", [("grpo", ["--max_steps", "3"])])  # PPO shares the DDP path
 def test_two_gloo_processes_train_and_save(tmp_path, inputs, script, extra):
     out = tmp_path / "out"
@@ -166,7 +168,8 @@ def test_two_gloo_processes_train_and_save(tmp_path, inputs, script, extra):
 # 3. Kill -9 and resume.
 
 
-@pytest.mark.parametrize("name", ["grpo_2_iterations", pytest.param("ppo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["cispo", pytest.param("grpo_2_iterations", marks=pytest.mark.slow),
+                                  pytest.param("ppo", marks=pytest.mark.slow)])
 def test_a_run_killed_after_a_save_resumes_with_the_same_rewards_and_losses(finished, tmp_path, capsys, name):
     """A save comes due every 3 steps, which can fall in the middle of a rollout's optimizer steps (--num_iterations 2;
     PPO's 2 to 4 passes): it must wait for the rollout's last step, or the resume would replay part of a rollout.

@@ -3,7 +3,6 @@ NaN guard, atomic checkpoints, bits per byte, wandb offline."""
 import argparse
 import math
 import os
-import signal
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from model.optimizer import NonFiniteLoss, Stepper, cosine_lr
 from model.runtime import Run, add_common_args
 from model.session import Session
 
-from tests.helpers import ROOT, TOKENIZER, losses, write_corpus
+from tests.helpers import ROOT, TOKENIZER, interrupt_at, losses, write_corpus
 from tests.test_lora import run_script
 TINY = ["--hidden_size", "32", "--num_hidden_layers", "2", "--max_seq_len", "32", "--batch_size", "4",
         "--dtype", "float32", "--device", "cpu", "--log_interval", "1", "--eval_batches", "2"]
@@ -67,15 +66,8 @@ def test_resume_after_ctrl_c_and_after_kill_9_continues_exactly(tmp_path):
 
     # Ctrl-C: the run saves at the next step and exits cleanly; --resume replays the same losses.
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "train_pretrain.py", *TINY, *common, "--out_dir", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:
-        if line.startswith("step  8/"):
-            proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, rest[-2000:]
+    proc = interrupt_at(["train_pretrain.py", *TINY, *common, "--out_dir", str(out)], "step  8/")
+    assert proc.returncode == 0
     stopped_at = max(losses(out))
     assert 8 <= stopped_at < 24
     resumed = train(tmp_path, *common, "--out_dir", str(out), "--resume")
@@ -120,6 +112,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
         assert torch.allclose(p, q, atol=1e-3), name  # same weights (saved in fp16)
 
 
+@pytest.mark.slow  # two training subprocesses (CI runs the slow set too)
 def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
     data = write_corpus(tmp_path / "train.jsonl")
     common = ["--data_path", data, "--max_steps", "4", "--save_interval", "100"]
@@ -215,6 +208,7 @@ def test_bits_per_byte_counts_the_bytes_of_the_text(tmp_path):
     assert bpb == pytest.approx(text_nats / math.log(2) / nbytes, rel=1e-5)
 
 
+@pytest.mark.slow  # a subprocess run with wandb's offline writer (CI runs the slow set too)
 def test_wandb_offline_logs_the_run(tmp_path):
     pytest.importorskip("wandb")
     data = write_corpus(tmp_path / "train.jsonl")
@@ -233,6 +227,7 @@ def test_wandb_offline_logs_the_run(tmp_path):
     assert os.path.exists(tmp_path / "w" / "pretrain_32_loss.png")
 
 
+@pytest.mark.slow  # two training subprocesses, one under DeepSpeed (CI runs the slow set too)
 def test_deepspeed_without_torchrun_matches_plain_pytorch(tmp_path):
     """A plain `python train_pretrain.py --deepspeed ...` sets up its own one-process group. (ZeRO-2 across two
     processes, and its resume, are in tests/test_deepspeed.py.)"""
@@ -288,6 +283,8 @@ def test_compile_flag_compiles_the_model_and_trains_like_eager():
     (["--learning_rate", "0"], "--learning_rate 0.0: must be above 0"),
     (["--device", "foo"], "--device foo: expected auto, cpu, cuda, cuda:N or mps"),
     (["--tokenizer_path", "/missing"], "--tokenizer_path /missing: no such folder"),
+    (["--attention", "mla", "--kv_lora_rank", "999"], "MLA ranks must fit the model: 0 < kv_lora_rank (999)"),
+    (["--mtp_depth", "-1"], "mtp_depth=-1: the number of multi-token prediction modules"),
 ])
 def test_bad_flags_stop_with_one_line_before_anything_is_written(tmp_path, flags, message):
     import train_pretrain
