@@ -300,6 +300,11 @@ def main():
         return
 
     config = model_config(args)
+    if config.attention != "gqa" or config.mtp_depth:  # its activations are counted op by op for GQA blocks only
+        sys.exit(f"error: {args.from_meta}: the estimator counts the activations of grouped-query attention "
+                 f"without MTP modules; this checkpoint has attention={config.attention}, "
+                 f"mtp_depth={config.mtp_depth}: measure a real step instead (/usr/bin/time -v python train_pretrain.py "
+                 f"--from_weight {args.from_meta} --max_steps 2 ...)")
     shape = (args.batch_size, args.max_seq_len, args.dtype)
     result = estimate(config, *shape, args.zero_stage, args.world_size, args.grad_checkpoint, args.lora)
     if args.measure:

@@ -239,3 +239,16 @@ def test_measured_peak_of_a_real_step_is_near_the_prediction():
     measured = measure(config, 8, 256, steps=1)
     assert 0.9 * predicted < measured["peak"] < 1.5 * predicted
     assert measured["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("overrides", [{"attention": "mla"}, {"mtp_depth": 1}])
+def test_command_line_refuses_what_it_does_not_model(tmp_path, monkeypatch, overrides):
+    """Latent attention and MTP modules save other activations than the GQA blocks it counts: one line, no
+    silently wrong figure."""
+    meta = tmp_path / "pretrain_64.json"
+    meta.write_text(json.dumps({"config": tiny_model(**overrides).config.to_dict(), "stage": "pretrain"}))
+    monkeypatch.setattr(sys, "argv", ["estimate_memory.py", "--from", str(meta), "--json"])
+    with pytest.raises(SystemExit) as stopped:
+        estimate_main()
+    message = str(stopped.value.code)
+    assert message.startswith(f"error: {meta}: the estimator counts") and "\n" not in message
