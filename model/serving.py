@@ -209,13 +209,10 @@ class Engine:
         self.retire([r.cancelled for r in self.rows], "cancelled")
         admitted = []  # (request, its prefilled cache, its first token)
         while len(self.rows) + len(admitted) < self.max_batch_size:
-            with self.wakeup:
-                request = self.waiting.popleft() if self.waiting else None
+            request = self.next_waiting()
             if request is None:
                 break
-            if request.cancelled:
-                self.stats["cancelled"] += 1
-            elif newcomer := self.prefill(request):
+            if newcomer := self.prefill(request):
                 admitted.append(newcomer)
         self.last_prefill = None  # held only while admitting: the n samples of a prompt arrive together
         if admitted:  # merge them all into the batch with one new layout
@@ -227,19 +224,24 @@ class Engine:
         if self.rows:
             self.decode()
 
+    def next_waiting(self):
+        """The oldest waiting request not cancelled while it waited (those are counted and dropped), or None."""
+        while True:
+            with self.wakeup:
+                request = self.waiting.popleft() if self.waiting else None
+            if request is None or not request.cancelled:
+                return request
+            self.stats["cancelled"] += 1
+
     def speculative_step(self):
         """One token of the one running request (which a waiting request replaces once it is done)."""
         if self.rows and self.rows[0].cancelled:
             self.stats["cancelled"] += 1
             self.reset_batch()
-        while not self.rows:
-            with self.wakeup:
-                request = self.waiting.popleft() if self.waiting else None
+        if not self.rows:
+            request = self.next_waiting()
             if request is None:
                 return
-            if request.cancelled:
-                self.stats["cancelled"] += 1
-                continue
             p = request.params
             ids = torch.tensor([request.prompt_ids], device=self.device)
             self.rows = [request]
