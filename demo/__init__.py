@@ -39,8 +39,12 @@ __all__ = ["DEMO_DIR", "data_paths", "demo_file", "generate", "is_correct", "sco
 
 
 def demo_file(name: str) -> str:
-    """DEMO_DIR/<name> (name with its extension), generating the demo corpus on first use."""
+    """DEMO_DIR/<name> (name with its extension), generating the demo corpus on first use (`vlm/...`: the
+    vision-language demo's images and conversations, demo/vision.py)."""
     path = os.path.join(DEMO_DIR, name)
+    if not os.path.exists(path) and name.startswith("vlm/"):  # the vision-language demo: images of shapes
+        from .vision import demo_vlm_dir
+        demo_vlm_dir()
     if not os.path.exists(path):
         print(f"data: {path} not found, generating the demo corpus into {DEMO_DIR}")
         generate(DEMO_DIR)

@@ -152,17 +152,18 @@ def meta_path(weights_path: str) -> str:
     return os.path.splitext(weights_path)[0] + ".json"
 
 
-def save_weights(model: torch.nn.Module, path: str, meta: dict, dtype=torch.float16):
+def save_weights(model: torch.nn.Module, path: str, meta: dict, dtype=torch.float16, state: dict | None = None):
     """The stage's product: a plain half-precision state dict plus a JSON meta (config, flags, progress)
-    beside it, so the next stage rebuilds the model without being told its size."""
+    beside it, so the next stage rebuilds the model without being told its size. `state`: the tensors to
+    write, when not the whole model's (a VLM leaves out its frozen encoder)."""
     model = unwrap(model)
     # ZeRO-3 leaves each process 1/N of every weight (empty tensors here): refuse to write an empty model.
     partitioned = [n for n, p in model.named_parameters() if p.numel() != getattr(p, "ds_numel", p.numel())]
     if partitioned:
         raise RuntimeError(f"save_weights: {partitioned[0]} and {len(partitioned) - 1} more are partitioned by "
                            "ZeRO-3: save inside model.optimizer.whole_weights(model), entered by every process")
-    state, converted = {}, {}
-    for key, value in model.state_dict().items():
+    source, state, converted = model.state_dict() if state is None else state, {}, {}
+    for key, value in source.items():
         if value.data_ptr() not in converted:  # tied weights stay one tensor, stored once
             cast = dtype if value.is_floating_point() else value.dtype
             converted[value.data_ptr()] = value.detach().to("cpu", cast).clone()
@@ -252,6 +253,7 @@ def load_model(path: str, overrides: dict | None = None, device="cpu", dtype=Non
     from .model_minimind import MiniMindConfig, MiniMindForCausalLM
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    vision_model = overrides.pop("vision_model", None)
     if os.path.isdir(path):
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code, **overrides)
@@ -263,6 +265,9 @@ def load_model(path: str, overrides: dict | None = None, device="cpu", dtype=Non
         if changed and not quiet:
             print(f"{path}: flags override the checkpoint's config: "
                   + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+        from .model_vlm import is_vlm_config, load_vlm
+        if is_vlm_config(config):  # MiniMind-V: the encoder comes from its folder (`vision_model` overrides it)
+            return load_vlm(path, meta, vision_model, overrides, quiet).to(device=device, dtype=dtype), meta
         model = MiniMindForCausalLM(MiniMindConfig(**{**config, **overrides}))
         mtp_resized = overrides.get("mtp_depth", config.get("mtp_depth", 0)) != config.get("mtp_depth", 0)
         load_weights(model, path, mtp_resized=mtp_resized, quiet=quiet)
@@ -339,3 +344,48 @@ def build_model(args, run, tokenizer, from_weight: str | None = None, trains_mtp
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path)
+
+
+def build_vlm(args, run, tokenizer):
+    """A vision-language model for train_pretrain_vlm.py / train_sft_vlm.py, on the run's device.
+
+    `--from_weight` is either a VLM (continue it: SFT after the caption stage) or a plain LLM (pretrain_*,
+    full_sft_*: it gets `--vision_model`'s encoder and a fresh projection). Then `--train_llm` and
+    `--train_vision` decide what trains; the projection always does."""
+    from .model_vlm import describe, is_vlm_config, vlm_from_llm
+    path = resolve_weight(args, args.from_weight)
+    if not path or not os.path.exists(path):
+        sys.exit(f"--from_weight: {path} not found (a VLM starts from an LLM: pretrain or full_sft, or a .pth path)")
+    meta = read_meta(path) or {}
+    with config_errors_as_one_line():
+        if is_vlm_config(meta.get("config", {})):
+            model, _ = load_model(path, {"vision_model": args.vision_model}, quiet=not run.is_main)
+        else:
+            if not args.vision_model:
+                sys.exit("--vision_model: a new VLM needs a vision encoder folder (a local CLIP or SigLIP, e.g. a "
+                         "clone of openai/clip-vit-base-patch16)")
+            llm, meta = load_model(path, size_overrides(args), quiet=not run.is_main)
+            model = vlm_from_llm(llm, args.vision_model, args.projector, args.image_pool)
+    run.print(f"model: loaded {path} ({meta.get('stage', '?')}, step {meta.get('step', '?')})")
+    if model.config.vocab_size != len(tokenizer):
+        sys.exit(f"model vocab {model.config.vocab_size} != tokenizer vocab {len(tokenizer)} "
+                 f"({args.tokenizer_path}): use the tokenizer the model was trained with")
+
+    model.requires_grad_(args.train_llm == "all")
+    if args.train_llm not in ("none", "all"):
+        if not args.train_llm.isdigit() or not 0 < int(args.train_llm) <= model.config.num_hidden_layers:
+            sys.exit(f"--train_llm {args.train_llm}: none, all, or a number of blocks from 1 to "
+                     f"{model.config.num_hidden_layers}")
+        for module in (*model.model.layers[-int(args.train_llm):], model.model.norm):
+            module.requires_grad_(True)
+    model.vision_proj.requires_grad_(True)
+    model.vision_encoder.requires_grad_(args.train_vision)
+    if args.train_vision:  # from now on the encoder's weights are the checkpoint's
+        model.config.trained_vision = True
+    if args.grad_checkpoint:
+        model.activation_checkpointing_enable()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    run.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M "
+              f"trained: LLM {args.train_llm}, projection{', vision encoder' if args.train_vision else ''}); "
+              f"{describe(model)}")
+    return model.to(run.device)

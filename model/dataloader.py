@@ -38,6 +38,11 @@ def trim_padding(samples: list[dict]) -> dict:
             for k, v in batch.items()}
 
 
+def model_inputs(batch: dict) -> dict:
+    """The forward's inputs besides input_ids that a batch may carry: a vision-language batch's images."""
+    return {"pixel_values": batch["pixel_values"]} if "pixel_values" in batch else {}
+
+
 def make_loader(dataset, batch_size: int, seed: int, epoch: int, skip: int, run, num_workers: int = 0,
                 shuffle: bool = True):
     """A DataLoader over this rank's batches of `epoch`, starting after the first `skip` of them, collated
@@ -83,3 +88,13 @@ def load_datasets(dataset_class, train_path: str, val_path: str | None, tokenize
     except DataError as e:
         sys.exit(f"error: {e}")
     return train, val
+
+
+def load_vlm_datasets(model, tokenizer, args, train_path: str, val_path: str | None):
+    """(train, validation or None) VLMDatasets whose image slots and pixels fit `model`'s vision encoder."""
+    from .dataset import VLMDataset
+    from .vision import load_image_processor
+    return load_datasets(VLMDataset, train_path, val_path, tokenizer, args.max_seq_len, skip_bad=args.skip_bad,
+                         image_processor=load_image_processor(model.config.vision_model_path),
+                         image_tokens=model.config.image_tokens, image_token_id=model.config.image_token_id,
+                         images_path=args.images_path)

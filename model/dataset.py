@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import toolcall
 from .reasoning import TAGS as REASON_TAGS
+from .vision import IMAGE_MARKER, VisionError, encode_with_images, load_images, pixel_values
 from .toolcall import ToolCallError, normalize_messages, tool_names
 
 IGNORE = -100  # label of a token the loss skips (the default ignore_index of cross_entropy)
@@ -159,7 +160,9 @@ def scan_lines(path, chunk_bytes=1 << 26):
 # --- checking rows ----------------------------------------------------------------------
 
 def parse_row(raw):
-    """One jsonl line (bytes) → dict, or DataError."""
+    """One jsonl line (bytes) → dict, or DataError. A parquet row is a dict already."""
+    if isinstance(raw, dict):
+        return raw
     try:
         row = json.loads(raw)
     except ValueError as e:  # also catches invalid UTF-8
@@ -233,7 +236,7 @@ class _JsonlDataset(Dataset):
 
     def __init__(self, path, tokenizer, max_samples=None, skip_bad=False, cache_index=True):
         self.path, self.tokenizer, self.skip_bad = str(path), tokenizer, skip_bad
-        self.index = JsonlIndex(path, cache_index)
+        self.index = self._index(path, cache_index)
         self.samples = self._good_lines()[:max_samples]  # sample i is index line samples[i]
         self.size = len(self.samples)
 
@@ -251,6 +254,9 @@ class _JsonlDataset(Dataset):
                                 + listing)
             print(f"skipping bad lines of {self.path} (--skip_bad):{listing}", file=sys.stderr)
         return np.delete(np.arange(len(self.index)), bad)
+
+    def _index(self, path, cache):
+        return JsonlIndex(path, cache)
 
     def _check_key(self):
         """Names the check in the index cache: its code, plus (in subclasses) what else it depends on."""
@@ -466,15 +472,18 @@ class _ChatDataset(_JsonlDataset):
         if len(pieces) - 1 != replies:
             raise DataError(f"found {len(pieces) - 1} assistant headers for {replies} assistant messages "
                             "(does a message contain chat markup?)")
-        ids = self.tokenizer.encode(pieces[0], add_special_tokens=False)
+        ids = self._encode_text(pieces[0])
         labels = [IGNORE] * len(ids)
         for piece in pieces[1:]:
-            body = self.tokenizer.encode(piece, add_special_tokens=False)
+            body = self._encode_text(piece)
             # The reply runs through its <|im_end|>; the "\n" after it belongs to the template.
             reply = body.index(self.eos) + 1 if self.eos in body else len(body)
             ids += self.header_ids + body
             labels += [IGNORE] * len(self.header_ids) + body[:reply] + [IGNORE] * (len(body) - reply)
         return ids, labels
+
+    def _encode_text(self, text):
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _fit(self, ids, labels):
         """Cut to max_seq_len, right-pad; a sample with nothing left to learn is an error."""
@@ -603,6 +612,151 @@ class RLPromptDataset(_ChatDataset):
         texts and target answers."""
         return {"prompt_ids": [s["prompt_ids"].tolist() for s in batch], "prompts": [s["prompt"] for s in batch],
                 "answers": [s["answer"] for s in batch], "tools": [s["tools"] for s in batch]}
+
+
+# --- vision-language (MiniMind-V) --------------------------------------------------------
+
+class VLMDataset(SFTDataset):
+    """minimind-v's data → input_ids, labels (assistant replies only) and pixel_values, one image per `<image>`
+    tag of the user turns, each tag expanded to the model's run of image slots (`model.model_vlm`).
+
+    Two layouts: jsonl whose `image` field names files in `images_path` (several: a list, or comma-separated),
+    and parquet (newer minimind-v) with `conversations` as a JSON string and the images' bytes in `image_bytes`.
+    A missing image or a tag count that differs from the image count is found when the dataset is made; an
+    image that cannot be decoded, or slots cut by max_seq_len, when the sample is read: each an error naming
+    file and line, or with skip_bad left out and counted.
+    """
+
+    def __init__(self, path, tokenizer, max_seq_len, image_processor=None, image_tokens=1, image_token_id=None,
+                 images_path=None, **kwargs):
+        self.image_processor, self.image_tokens = image_processor, image_tokens
+        self.image_token_id = len(tokenizer) if image_token_id is None else image_token_id
+        default_images = os.path.join(os.path.dirname(os.path.abspath(path)), "images")
+        self.images_path = images_path or (default_images if os.path.isdir(default_images)
+                                           else os.path.dirname(os.path.abspath(path)))
+        super().__init__(path, tokenizer, max_seq_len, **kwargs)
+
+    def _index(self, path, cache):
+        return ParquetIndex(path) if str(path).endswith(".parquet") else JsonlIndex(path, cache)
+
+    def _check_key(self):
+        return f"{super()._check_key()} {self.images_path!r}"
+
+    def _check(self, row):
+        conversations = row.get("conversations")
+        if isinstance(conversations, str):  # parquet stores the conversation as JSON text
+            try:
+                conversations = json.loads(conversations)
+            except ValueError as e:
+                raise DataError(f"field 'conversations' is not valid JSON ({e})") from None
+        messages, tools = self._chat(get_field({"conversations": conversations}, "conversations", list))
+        for n, message in enumerate(messages, 1):
+            if message["role"] != "user" and IMAGE_MARKER in message["content"]:
+                raise DataError(f"message {n} ({message['role']}) holds {IMAGE_MARKER}: images go in user turns")
+        tags = sum(m["content"].count(IMAGE_MARKER) for m in messages)
+        sources = self._image_sources(row)
+        count = row["image_count"] if "image_count" in row else len(sources)
+        if tags != count:
+            raise DataError(f"{tags} {IMAGE_MARKER} tag(s) in the conversation for {count} image(s)")
+        return messages, tools, sources
+
+    def _image_sources(self, row):
+        """Paths (jsonl) or bytes (parquet) of a row's images, in order; a missing file is a DataError."""
+        if "image_bytes" in row:
+            data = row["image_bytes"]
+            return [] if data is None else list(data) if isinstance(data, list) else [data]
+        names = row.get("image") or []
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise DataError("field 'image' must name image files: a string (comma-separated) or a list of strings")
+        paths = [os.path.join(self.images_path, n) for n in names]
+        for name, path in zip(names, paths):
+            if not os.path.isfile(path):
+                raise DataError(f"image {name} not found in {self.images_path}")
+        return paths
+
+    def _encode_text(self, text):
+        return encode_with_images(self.tokenizer, text, self.image_token_id, self.image_tokens)
+
+    def _encode(self, row):
+        messages, tools, sources = self._check(row)
+        input_ids, labels = self._fit(*self._tokenize_chat(messages, tools))
+        if int((input_ids == self.image_token_id).sum()) != len(sources) * self.image_tokens:
+            raise DataError(f"over-long: {len(sources)} image(s) of {self.image_tokens} tokens do not fit whole in "
+                            f"max_seq_len {self.max_seq_len}")
+        try:
+            images = load_images(sources)
+        except VisionError as e:
+            raise DataError(str(e)) from None
+        pixels = pixel_values(self.image_processor, images) if images else torch.zeros(0)
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixels}
+
+    def collate(self, samples):
+        """Padding trimmed as for text; the batch's images concatenated in row order (the order of the slots)."""
+        from .dataloader import trim_padding
+        images = [s.pop("pixel_values") for s in samples]
+        batch = trim_padding(samples)
+        images = [x for x in images if len(x)]
+        if images:
+            batch["pixel_values"] = torch.cat(images)
+        return batch
+
+
+class ParquetIndex:
+    """The rows of a parquet file, read the way `JsonlIndex` reads lines (`line(i)` gives a row's dict).
+
+    Parquet pages must be decoded whole, so reading one random row costs its whole row group; the file is
+    therefore copied once into an Arrow IPC file beside it (`<file>.arrow`, as Hugging Face datasets caches),
+    which is memory-mapped: reading a row touches only its own bytes, and memory stays small for a 5 GB file.
+    """
+
+    COLUMNS = ("conversations", "image_bytes")
+
+    def __init__(self, path, cache=True):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        self.path = str(path)
+        arrow = self.path + ".arrow"
+        if not os.path.exists(arrow) or os.path.getmtime(arrow) < os.path.getmtime(self.path):
+            try:
+                source = pq.ParquetFile(self.path)
+            except (OSError, pa.ArrowException) as e:
+                raise DataError(f"{self.path}: cannot be read as parquet ({e})") from None
+            missing = [c for c in self.COLUMNS if c not in source.schema_arrow.names]
+            if missing:
+                raise DataError(f"{self.path}: no column {', '.join(map(repr, missing))} (minimind-v's parquet has "
+                                f"{' and '.join(self.COLUMNS)})")
+            tmp = f"{arrow}.{os.getpid()}.tmp"
+            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, source.schema_arrow) as writer:
+                for group in tqdm(range(source.num_row_groups), f"arrow copy of {self.path}", leave=False):
+                    writer.write_table(source.read_row_group(group))
+            os.replace(tmp, arrow)
+        self.table = pa.ipc.open_file(pa.memory_map(arrow)).read_all()
+        self.rows = np.arange(self.table.num_rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def line(self, i):
+        """(1-based row number, the row as a dict)."""
+        return i + 1, {c: self.table.column(c)[int(i)].as_py() for c in self.COLUMNS}
+
+    def check(self, key, check_line, desc="check"):
+        """Like `JsonlIndex.check`, on the conversations and the number of images (not decoded) of each row."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        images = self.table.column("image_bytes")
+        counts = (pc.list_value_length(images).fill_null(0) if pa.types.is_list(images.type)
+                  else pc.if_else(pc.is_null(images), 0, 1)).to_pylist()
+        bad, messages = [], []
+        for i, (conversations, count) in enumerate(zip(self.table.column("conversations").to_pylist(), counts)):
+            try:
+                check_line({"conversations": conversations, "image_count": count})
+            except DataError as e:
+                bad.append(i)
+                if len(messages) < MAX_WARNINGS:
+                    messages.append(f"{self.path}:{i + 1}: {e}")
+        return np.array(bad, np.int64), messages
 
 
 # --- packing short chats into full windows ------------------------------------------------

@@ -130,6 +130,7 @@ def stream_generate(
     frequency_penalty: float = 0.0,
     presence_penalty: float = 0.0,
     drafter=None,
+    pixel_values: torch.Tensor | None = None,
 ):
     """Yield the next token of every row, one (batch,) tensor per step.
 
@@ -139,6 +140,9 @@ def stream_generate(
 
     `drafter` (a `DraftModel` or `MTPDrafter`, batch 1 only): speculative decoding, with the same tokens under
     greedy and the same distribution when sampling; its `stats` count the accepted drafts.
+
+    `pixel_values` (a MiniMind-V model): the images of the prompts' image slots, in order; only the prefill
+    reads them, every later step is text on the KV cache.
     """
     config = model.config
     B, prompt_len = input_ids.shape
@@ -152,6 +156,8 @@ def stream_generate(
     sampling = Sampling(do_sample, temperature, top_p, top_k, repetition_penalty, frequency_penalty,
                         presence_penalty)
     if drafter is not None:
+        if pixel_values is not None:
+            raise ValueError("speculative decoding takes text prompts only, not images")
         if B != 1 or (attention_mask is not None and not bool(attention_mask.all())):
             raise ValueError(f"speculative decoding takes one unpadded prompt, not a batch of {B}")
         yield from speculative_stream(model, input_ids, drafter, max_new_tokens, sampling,
@@ -171,14 +177,18 @@ def stream_generate(
     seen = counts = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(B, config.vocab_size, dtype=torch.bool, device=input_ids.device)
-        seen.scatter_(1, input_ids, True)
+        # Image slots (ids past the vocabulary) are not tokens: they count as the prompt's last token instead.
+        seen.scatter_(1, input_ids.where(input_ids < config.vocab_size, input_ids[:, -1:]), True)
     if frequency_penalty or presence_penalty:  # on the reply's tokens only, as OpenAI's
         counts = torch.zeros(B, config.vocab_size, device=input_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
 
     tokens = input_ids
+    image_slots = getattr(model.config, "image_token_id", None)
+    embeds = model.embed_inputs(input_ids, pixel_values) if image_slots is not None else None
     for step in range(max_new_tokens):
-        hidden, _ = model.model(tokens, attention_mask, position_ids, cache)
+        hidden, _ = model.model(tokens, attention_mask, position_ids, cache, embeds)
+        embeds = None  # the prompt's (image) embeddings are for the prefill only
         logits = model.lm_head(hidden[:, -1]).float()
         next_token = sample_next_token(logits, do_sample, temperature, top_p, top_k, repetition_penalty, seen,
                                        generator, counts, frequency_penalty, presence_penalty)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .dataloader import make_loader
+from .dataloader import make_loader, model_inputs
 from .dataset import IGNORE
 
 
@@ -100,7 +100,8 @@ def evaluate(model, dataset, args, run, byte_lengths: torch.Tensor | None = None
              max_batches: int | None = None) -> tuple[float, float]:
     """(mean loss per learned token, bits per byte) on held-out data, averaged over all ranks."""
     sums = held_out_sums(model, dataset, args, run,
-                         lambda batch: loss_sums(model(batch["input_ids"]).logits, batch["labels"], byte_lengths),
+                         lambda batch: loss_sums(model(batch["input_ids"], **model_inputs(batch)).logits,
+                                                           batch["labels"], byte_lengths),
                          max_batches)
     return per_token(sums)
 

@@ -78,6 +78,28 @@ def add_common_args(parser: argparse.ArgumentParser, **defaults) -> argparse.Arg
     return parser
 
 
+def add_vlm_args(parser: argparse.ArgumentParser, train_llm: str) -> argparse.ArgumentParser:
+    """The vision-language stages' flags (train_pretrain_vlm.py, train_sft_vlm.py)."""
+    g = parser.add_argument_group("vision")
+    g.add_argument("--vision_model", default=None,
+                   help="local Hugging Face CLIP or SigLIP folder (e.g. a clone of openai/clip-vit-base-patch16); "
+                        "default: the one a VLM --from_weight was trained with")
+    g.add_argument("--images_path", default=None,
+                   help="folder of the jsonl's image files (default: images/ beside the jsonl, else its folder)")
+    g.add_argument("--projector", default="mlp", choices=["linear", "mlp"],
+                   help="patch features -> LLM width: one linear layer (minimind-v) or two with a GELU (LLaVA-1.5); "
+                        "a new VLM only")
+    g.add_argument("--image_pool", type=int, default=1,
+                   help="average-pool the patch grid by this factor first (2: 14x14 -> 7x7, 196 -> 49 tokens per "
+                        "image); a new VLM only")
+    g.add_argument("--train_vision", action="store_true",
+                   help="train the vision encoder too (default frozen); its weights then travel in the checkpoint")
+    g.add_argument("--train_llm", default=train_llm,
+                   help="which LLM weights train: none (the projection only), all, or N (the last N blocks and the "
+                        "final norm)")
+    return parser
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Device, dtype, distributed, seeds.
 

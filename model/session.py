@@ -15,7 +15,7 @@ import torch.distributed as dist
 from .checkpoint import (CheckpointError, atomic_torch_save, checkpoint_path, clean_state_dict, load_failure,
                          load_weights, meta_path, nonfinite_weights, read_meta, remove_stale_temp_files, save_weights,
                          unwrap)
-from .dataloader import steps_per_epoch, train_batches
+from .dataloader import model_inputs, steps_per_epoch, train_batches
 from .logger import Logger, flops_per_token
 from .loss_eval import evaluate, token_byte_lengths
 from .optimizer import NonFiniteLoss, Stepper, cosine_lr, whole_weights
@@ -325,12 +325,13 @@ class Session:
 
 
 def train_next_token(session: Session):
-    """The loop of pretraining, SFT and LoRA: they differ only in their labels (-100 outside the assistant
-    replies for SFT and LoRA) and in which parameters train (LoRA: the adapters only)."""
+    """The loop of pretraining, SFT, LoRA and the VLM stages: they differ only in their labels (-100 outside the
+    assistant replies for SFT, LoRA and VLM), in which parameters train (LoRA: the adapters only) and in the
+    images a VLM batch adds."""
     run = session.run
     for batch in session.batches():
         with run.autocast():
-            out = session.model(batch["input_ids"], labels=batch["labels"])
+            out = session.model(batch["input_ids"], labels=batch["labels"], **model_inputs(batch))
             loss = out.loss + out.aux_loss  # next-token cross-entropy (+ MoE load balancing)
             metrics = {}
             if out.mtp_loss is not None:  # --mtp_depth > 0: DeepSeek-V3's multi-token prediction, weighted
