@@ -10,6 +10,8 @@
   and the API server's batching engine (model/serving.py).
 - tool use: `chat_with_tools`, the one loop (reply, run its calls, reply again) of the CLI, the terminal API
   client and the web chat, and the flags that choose the tools on offer
+- images (MiniMind-V): `image_chat_prompt_ids`, the one prompt builder of eval_vlm.py, the API server and the
+  web chat for messages whose content holds images
 """
 import json
 import os
@@ -28,6 +30,7 @@ from .tools import mcp_tools, run_call
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TOKENIZER = os.path.join(ROOT, "model", "tokenizer")
 STAGES = ["pretrain", "full_sft", "rlhf", "reason", "grpo", "ppo_actor", "tool_sft", "agent"]  # --model_mode 0..7
+VLM_STAGES = ["pretrain_vlm", "sft_vlm"]  # eval_vlm.py's --model_mode 0..1
 LORA_DIR = "lora"  # LoRA weights live in out/lora/lora_<name>_<hidden>[_moe].pth
 
 
@@ -35,26 +38,19 @@ LORA_DIR = "lora"  # LoRA weights live in out/lora/lora_<name>_<hidden>[_moe].pt
 # Choosing and loading a model
 
 
-def add_model_args(parser, quantize: bool = False, speculative: bool = False):
+def add_model_args(parser, quantize: bool = False, speculative: bool = False, vision: bool = False):
     """Flags that pick the model, with the same names in every script that talks to one; `quantize` adds
     --quantize, for the scripts that only run the model (not those that export or train it); `speculative`
-    adds --draft_weight and --spec_k, for those that decode one reply at a time."""
+    adds --draft_weight and --spec_k, for those that decode one reply at a time; `vision` adds --vision_model,
+    for those that take images."""
     g = parser.add_argument_group("model")
     g.add_argument("--model_mode", type=int, default=1, choices=range(len(STAGES)),
                    help="0 pretrain, 1 full_sft, 2 rlhf (DPO), 3 reason, 4 grpo, 5 ppo_actor, 6 tool_sft, "
                         "7 agent: picks "
                         "out/<stage>_<hidden>.pth")
-    g.add_argument("--out_dir", default="out", help="where the .pth checkpoints are")
-    g.add_argument("--hidden_size", type=int, default=None,
-                   help="size flags: default from the checkpoint's meta (the file name needs hidden_size: 512)")
-    g.add_argument("--num_hidden_layers", type=int, default=None)
-    g.add_argument("--use_moe", type=int, default=None, choices=[0, 1])
-    g.add_argument("--load_from", default=None, help="a Hugging Face folder (or a .pth file) instead of out/")
-    g.add_argument("--lora_name", default=None, help="merge out/lora/lora_<name>_<hidden>.pth into the model")
-    g.add_argument("--tokenizer_path", default=None,
-                   help="default: the HF folder's own tokenizer, else model/tokenizer")
-    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_checkpoint_args(g)
+    if vision:
+        add_vision_arg(g)
     if quantize:
         g.add_argument("--quantize", default="none", choices=["none", "int8"],
                        help="int8: the block projections' weights in int8 (torchao weight-only; activations stay "
@@ -63,6 +59,38 @@ def add_model_args(parser, quantize: bool = False, speculative: bool = False):
     if speculative:
         add_speculative_args(g)
     return parser
+
+
+def add_vlm_model_args(parser):
+    """add_model_args for eval_vlm.py: --model_mode picks a MiniMind-V stage (VLM_STAGES)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model_mode", type=int, default=1, choices=range(len(VLM_STAGES)),
+                   help="0 pretrain_vlm, 1 sft_vlm: picks out/<stage>_<hidden>.pth")
+    add_checkpoint_args(g)
+    add_vision_arg(g)
+    parser.set_defaults(stages=VLM_STAGES)  # weights_path reads --model_mode against these
+    return parser
+
+
+def add_checkpoint_args(g):
+    g.add_argument("--out_dir", default="out", help="where the .pth checkpoints are")
+    g.add_argument("--hidden_size", type=int, default=None,
+                   help="size flags: default from the checkpoint's meta (the file name needs hidden_size: 512)")
+    g.add_argument("--num_hidden_layers", type=int, default=None)
+    g.add_argument("--use_moe", type=int, default=None, choices=[0, 1])
+    g.add_argument("--load_from", "--weight", default=None,
+                   help="a Hugging Face folder (or a .pth file) instead of out/")
+    g.add_argument("--lora_name", default=None, help="merge out/lora/lora_<name>_<hidden>.pth into the model")
+    g.add_argument("--tokenizer_path", default=None,
+                   help="default: the HF folder's own tokenizer, else model/tokenizer")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def add_vision_arg(g):
+    g.add_argument("--vision_model", default=None,
+                   help="MiniMind-V: the vision encoder's folder (a local CLIP/SigLIP), when not the one recorded "
+                        "in the checkpoint (trained elsewhere, moved)")
 
 
 def add_speculative_args(group):
@@ -81,9 +109,10 @@ def weights_path(args) -> str:
         if not os.path.exists(args.load_from):
             raise CheckpointError(f"--load_from {args.load_from}: no such file or folder")
         return args.load_from
-    path = checkpoint_path(args.out_dir, STAGES[args.model_mode], args.hidden_size or 512, bool(args.use_moe))
+    stage = getattr(args, "stages", STAGES)[args.model_mode]
+    path = checkpoint_path(args.out_dir, stage, args.hidden_size or 512, bool(args.use_moe))
     if not os.path.exists(path):
-        raise CheckpointError(f"{path} not found (--model_mode {args.model_mode} = {STAGES[args.model_mode]})."
+        raise CheckpointError(f"{path} not found (--model_mode {args.model_mode} = {stage})."
                               f"\n{describe_out_dir(args.out_dir)}")
     return path
 
@@ -132,6 +161,7 @@ def load_chat_model(args, quiet=False):
     path = weights_path(args)
     # An HF folder carries its own config; size flags only choose and shape a .pth.
     overrides = {} if os.path.isdir(path) else size_overrides(args)
+    overrides["vision_model"] = getattr(args, "vision_model", None)  # a VLM's encoder folder (None: its own)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     try:
@@ -230,6 +260,67 @@ def chat_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = 
     text = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=True,
                                          **template_args)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+DESCRIBE_PROMPT = "Describe the picture."  # the question when an image comes without one
+
+
+def image_part(image) -> dict:
+    """A content part holding an image: whatever its caller decodes later (a path, bytes, a parsed data URL)."""
+    return {"type": "image", "image": image}
+
+
+def content_text(content) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts, joined."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(part["text"] for part in content if part["type"] == "text")
+
+
+def image_chat_prompt_ids(tokenizer, messages: list[dict], image_token_id: int, image_tokens: int,
+                          tools: list[dict] | None = None, **template_args) -> tuple[list[int], list]:
+    """(token ids, the images in order) of a conversation whose user messages may hold images: the prompt of
+    a MiniMind-V model, its image slots where the images go (model/model_vlm.py).
+
+    A message's content is a string (text only: an `<image>` typed in it is text) or a list of parts,
+    {"type": "text", "text": ...} and `image_part(image)`. Each image becomes a run of `image_tokens` slot ids
+    (`image_token_id`), followed by a newline when more of the message follows and does not start with one:
+    minimind-v's data write `<image>\\n<question>`, so ["photo", "What is it?"] reads as the model learned.
+
+    The template renders each image as a marker made for this call alone (a random uuid between NUL
+    characters), and the text is encoded piece by piece around the markers (`encode_with_images`): no text
+    a user sends can become a slot, whatever it holds. Raises ValueError for an image outside a user message.
+    """
+    from .vision import encode_with_images
+
+    marker = f"\x00image-{uuid.uuid4().hex}\x00"
+    images, rendered = [], []
+    for n, message in enumerate(messages, 1):
+        content = message.get("content")
+        if isinstance(content, list):
+            text = ""
+            for k, part in enumerate(content):
+                if part["type"] == "text":
+                    text += part["text"]
+                    continue
+                if message.get("role") != "user":
+                    raise ValueError(f"message {n} ({message.get('role')}): images go in user messages only")
+                images.append(part["image"])
+                after = content[k + 1] if k + 1 < len(content) else None
+                newline = after is not None and not (after["type"] == "text" and after["text"].startswith("\n"))
+                text += marker + ("\n" if newline else "")
+            message = {**message, "content": text}
+        rendered.append(message)
+    text = tokenizer.apply_chat_template(rendered, tools=tools or None, tokenize=False, add_generation_prompt=True,
+                                         **template_args)
+    if text.count(marker) != len(images):  # a template that drops or repeats a message would misplace images
+        raise ValueError(f"the chat template rendered {text.count(marker)} of {len(images)} image(s)")
+    return encode_with_images(tokenizer, text, image_token_id, image_tokens, marker=marker), images
+
+
+def is_vision_model(model) -> bool:
+    """A MiniMind-V model (model/model_vlm.py): it takes images."""
+    return callable(getattr(model, "embed_inputs", None))
 
 
 def text_prompt_ids(tokenizer, text: str) -> list[int]:

@@ -9,7 +9,8 @@ and RL rollouts share.
 - `DraftModel`, `MTPDrafter`: what proposes tokens for speculative decoding: a smaller model with the same
   tokenizer, or the target's own multi-token-prediction modules.
 - `generate`: the same, collected into prompt + new ids (what `GenerationMixin.generate` returns).
-- `answer_questions`: many chat questions at once, greedy, batched by length.
+- `answer_questions`: many chat questions at once, greedy, batched by length (`answer_image_questions`: the same
+  for a MiniMind-V model, each question with its images).
 - `generate_reply`: one reply as text deltas (through a `model.chat.ReplyStream`).
 
 The model's own `generate` (transformers' `GenerationMixin`) still works; tests check both give the same
@@ -543,6 +544,38 @@ def answer_questions(model, tokenizer, questions: list[str], max_new_tokens: int
         ids, mask = left_pad([prompts[i] for i in batch], tokenizer.pad_token_id)
         out = generate(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
                        eos_token_id=tokenizer.eos_token_id)
+        for row, i in enumerate(batch):
+            new = out[row, ids.shape[1]:].tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[:new.index(tokenizer.eos_token_id)]
+            replies[i] = tokenizer.decode(new, skip_special_tokens=True)
+    model.train(was_training)
+    return replies
+
+
+@torch.no_grad()
+def answer_image_questions(model, tokenizer, processor, questions: list[tuple[str, list]], max_new_tokens: int = 32,
+                           batch_size: int = 32, device=None) -> list[str]:
+    """Greedy replies of a MiniMind-V model to (question, images) pairs: each question asked in the chat template
+    after its images (minimind-v's "<image>\n" + question, one tag per image), batched as `answer_questions`."""
+    from .vision import IMAGE_MARKER, encode_with_images, load_images, pixel_values
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    prompts = []
+    for question, images in questions:
+        content = IMAGE_MARKER * len(images) + "\n" + question
+        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+        prompts.append(encode_with_images(tokenizer, text, model.config.image_token_id, model.config.image_tokens))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    replies = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in batch], tokenizer.pad_token_id)
+        pixels = pixel_values(processor, load_images([image for i in batch for image in questions[i][1]]))
+        out = generate(model, ids.to(device), mask.to(device), pixel_values=pixels.to(device),
+                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id)
         for row, i in enumerate(batch):
             new = out[row, ids.shape[1]:].tolist()
             if tokenizer.eos_token_id in new:

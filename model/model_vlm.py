@@ -112,6 +112,8 @@ class MiniMindVLM(MiniMindForCausalLM):
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with each image's features written over its run of slots, images taken in order of
         appearance (row by row, left to right)."""
+        if pixel_values is None and input_ids.shape[1] == 1:  # a decode step: a sampled token is never a slot
+            return self.model.embed_tokens(input_ids)
         slots = input_ids == self.config.image_token_id
         embeds = self.model.embed_tokens(input_ids.masked_fill(slots, 0))
         n_images = 0 if pixel_values is None else pixel_values.shape[0]

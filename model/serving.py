@@ -22,6 +22,10 @@ One scheduler step:
 Whenever rows leave, the columns that are padding in every remaining row are cut, so the cache stays as
 long as the longest live row, not as long as the server's history.
 
+Images (a MiniMind-V model): a request may carry the pixel values of its prompt's image slots. Only its own
+prefill reads them (`model.embed_inputs`, as `generation.stream_generate` does); from then on the row is text
+on the KV cache like any other, so requests with and without images decode in one batch.
+
 What this gives up, next to vLLM's paged attention: rows attend over the longest row's length, and a change
 of batch membership copies the cache once. Both are cheap at MiniMind's sizes; the steady state is one
 batched matmul per weight per step, which is where batching wins (a decode step is mostly fixed overhead).
@@ -58,8 +62,9 @@ class Request:
     finish_reason None while generating; the last token with 'stop' (eos) or 'length'; (None, 'error') if
     the engine failed. `cancel()` (any thread) makes the engine drop it at its next step."""
 
-    def __init__(self, prompt_ids, params: SamplingParams, on_event, device, vocab_size):
+    def __init__(self, prompt_ids, params: SamplingParams, on_event, device, vocab_size, pixel_values=None):
         self.prompt_ids = list(prompt_ids)
+        self.pixel_values = pixel_values  # (images, 3, H, W) for the prompt's image slots, or None
         self.params = params
         self.on_event = on_event
         self.n_generated = 0
@@ -82,7 +87,7 @@ class Request:
         self.seen = None  # tokens of the prompt and the reply, for the repetition penalty
         if p.repetition_penalty != 1.0:
             self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
-            self.seen[0, self.prompt_ids] = True
+            self.seen[0, [t for t in self.prompt_ids if t < vocab_size]] = True  # image slots are not tokens
         self.counts = None  # how often each token occurs in the reply, for the frequency and presence penalties
         if p.frequency_penalty or p.presence_penalty:
             self.counts = torch.zeros(1, vocab_size, device=device)
@@ -116,7 +121,7 @@ class Engine:
         self.eos = {eos} if isinstance(eos, int) else set(eos)
         self.waiting = collections.deque()
         self.calls: list[tuple] = []  # (fn, Future) for the engine thread to run between steps
-        self.last_prefill = None  # (prompt ids, cache, logits) of the last prompt prefilled
+        self.last_prefill = None  # (prompt ids, pixel values, cache, logits) of the last prompt prefilled
         self.wakeup = threading.Condition()
         self.thread = None
         self.running = False
@@ -133,16 +138,34 @@ class Engine:
 
     # -- the outside world (any thread) ----------------------------------------------------------------------
 
-    def submit(self, prompt_ids, params: SamplingParams, on_event) -> Request:
+    def submit(self, prompt_ids, params: SamplingParams, on_event, pixel_values=None) -> Request:
+        """Queue a request; `pixel_values`: the images of the prompt's image slots (a MiniMind-V model)."""
         room = self.config.max_position_embeddings - len(prompt_ids)
         if not prompt_ids or room <= 0:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens: need 1..{self.config.max_position_embeddings - 1}")
+        self.check_images(prompt_ids, pixel_values)
         params = replace(params, max_tokens=min(params.max_tokens, room))
-        request = Request(prompt_ids, params, on_event, self.device, self.config.vocab_size)
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.device)
+        request = Request(prompt_ids, params, on_event, self.device, self.config.vocab_size, pixel_values)
         with self.wakeup:
             self.waiting.append(request)
             self.wakeup.notify()
         return request
+
+    def check_images(self, prompt_ids, pixel_values):
+        """A ValueError (one line) unless the images fit the prompt: a model that takes images, no drafter,
+        and one run of slots per image. Found here, not in the prefill, where it would fail the request late."""
+        n_images = 0 if pixel_values is None else pixel_values.shape[0]
+        slot = getattr(self.config, "image_token_id", None)
+        if n_images and slot is None:
+            raise ValueError("this model has no vision encoder: it takes text only")
+        if n_images and self.drafter is not None:
+            raise ValueError("speculative decoding takes text prompts only, not images")
+        slots = 0 if slot is None else sum(t == slot for t in prompt_ids)
+        if slots != n_images * (self.config.image_tokens if n_images else 1):
+            raise ValueError(f"the prompt has {slots} image slots for {n_images} image(s) of "
+                             f"{getattr(self.config, 'image_tokens', 0)} slots each")
 
     def start(self):
         self.running = True
@@ -257,20 +280,26 @@ class Engine:
     def prefill(self, request: Request):
         """Prefill the prompt alone and emit the first token; (request, cache, token) when the request goes on.
         A prompt equal to the one just prefilled (the n samples of one prompt, an RL group) reuses its cache
-        and logits: only the draw differs."""
+        and logits: only the draw differs. With images, "equal" means the very same pixel tensor (the n
+        samples of one request share it): equal ids with other images are another prompt."""
         key = tuple(request.prompt_ids)
-        if self.last_prefill is None or self.last_prefill[0] != key:
+        last = self.last_prefill
+        if last is None or last[0] != key or last[1] is not request.pixel_values:
             cache = KVCache(self.config, 1, len(key), self.device, self.dtype)
             try:
                 ids = torch.tensor([request.prompt_ids], device=self.device)
-                logits = self.model(ids, cache=cache, logits_to_keep=1).logits[:, -1].float()
+                embeds = None
+                if request.pixel_values is not None:  # the images' features in their slots, this once
+                    embeds = self.model.embed_inputs(ids, request.pixel_values)
+                logits = self.model(ids, cache=cache, logits_to_keep=1, inputs_embeds=embeds).logits[:, -1].float()
             except Exception:  # e.g. out of memory on a long prompt: fail this request, not the running batch
                 traceback.print_exc()
                 request.on_event(None, "error")
                 self.stats["error"] += 1
                 return None
-            self.last_prefill = (key, cache, logits)
-        _, cache, logits = self.last_prefill
+            # The pixel tensor is held with the key, so its id cannot pass to another request's while compared.
+            self.last_prefill = (key, request.pixel_values, cache, logits)
+        _, _, cache, logits = self.last_prefill
         tokens, logprobs, tops = self.sample(logits, [request])
         token = int(tokens[0])
         if self.emit(request, token, float(logprobs[0]), tops[0]):

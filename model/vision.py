@@ -135,7 +135,7 @@ def load_images(sources) -> list:
         try:
             with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
                 images.append(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise VisionError(f"{name}: cannot be read as an image ({type(e).__name__}: {e})") from None
     return images
 

@@ -38,6 +38,18 @@ default with tools), "none" (tools shown, replies not parsed), "required" or a n
 writes the start of the call itself (see `read_tool_choice`), since a small model may not choose to.
 `parallel_tool_calls: false` ends the reply at its first call.
 
+Images (a MiniMind-V checkpoint, e.g. `--load_from out/sft_vlm_512.pth`): user messages take OpenAI's content
+parts, `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}` beside `{"type": "text", ...}`
+parts, any number per message. Each image takes the model's image slots in the prompt (196 tokens for a
+ViT-B/16 encoder; they count in `usage.prompt_tokens`), followed by a newline when more of the message follows
+(model/chat.py's `image_chat_prompt_ids`): no text a client sends, `<image>` included, can become a slot. The
+server reads images only from base64 `data:` URLs (png, jpeg, webp, gif...: whatever Pillow decodes, up to
+MAX_IMAGE_PIXELS): it never fetches an http(s) URL for a client, which would let anyone make it reach any
+address, and says so with a 400. A bad data URL or an image that does not decode is a 400 naming the message and
+part (`messages.1.content.0`); an image sent to a text-only model, or with speculative decoding, is a 400. Base64
+grows an image by 4/3: a 224x224 PNG takes at most ~200 KB of the 4 MB default --max_body_mb, a 1024x1024 photo
+as JPEG ~0.5 MB. Each request's images go to its own prefill in the batching engine; decoding stays batched.
+
 RL hand-over (model/rollout.py's ServerRollout, or any trainer written for vLLM/SGLang): /v1/completions takes
 token-id prompts and returns each sampled token's log-prob (`logprobs: 1`, `return_tokens_as_token_ids`). After
 each optimizer step the trainer saves the policy and POSTs {"model_path": ...} to /update_weights_from_disk
@@ -46,7 +58,10 @@ requests in flight go on with the new ones.
 """
 import argparse
 import asyncio
+import base64
+import binascii
 import hmac
+import io
 import itertools
 import json
 import os
@@ -67,14 +82,18 @@ from starlette.exceptions import HTTPException
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
-from model.chat import (Delta, IncrementalDetokenizer, ReplyStream, add_model_args, chat_prompt_ids,
-                        load_drafter, text_prompt_ids)
+from model.chat import (Delta, IncrementalDetokenizer, ReplyStream, add_model_args, chat_prompt_ids, content_text,
+                        image_chat_prompt_ids, image_part, is_vision_model, load_drafter, text_prompt_ids)
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.quant import is_quantized
 from model.serving import Engine, SamplingParams
+from model.vision import VisionError, load_image_processor, load_images, pixel_values
 from model.toolcall import CALL_OPEN, normalize_messages
 
 DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is still there
+# Pixels per image at most: the encoder sees 224x224 whatever comes, and a few KB of PNG can declare a canvas of
+# gigabytes (a decompression bomb). 4096x4096 takes a 12-megapixel phone photo.
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,7 +127,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     if size > limit:
         # Connection: close, or the server would read the rest of the body to keep the connection alive
         raise ApiError(413, f"The request body is larger than this server's limit of {limit / 2**20:g} MB "
-                            "(--max_body_mb).", code="request_too_large", headers={"Connection": "close"})
+                            "(--max_body_mb; base64 images count 4/3 of their file size).", code="request_too_large",
+                       headers={"Connection": "close"})
     return b"".join(chunks)
 
 
@@ -161,6 +181,34 @@ class TextPart(Strict):
     text: str
 
 
+class ImageURL(Strict):
+    url: str  # a base64 data: URL; checked when the request is prepared (chat_images), where the model is known
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the encoder sees one size whatever it says
+
+
+class ImagePart(Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+PART_TYPES = {"text": TextPart, "image_url": ImagePart}
+
+
+def content_part(k: int, part: dict):
+    """Part k of a message's content as its type's model. Checked here rather than by a pydantic union, whose
+    errors would name its branches (`content.str`, `list[tagged-union[...]]`) instead of what was sent."""
+    kind = PART_TYPES.get(part.get("type"))
+    if kind is None:
+        raise PydanticCustomError("content_part", "part {k}: type {type} is not one this server takes ('text' "
+                                  "or 'image_url')", {"k": k, "type": repr(part.get("type"))})
+    try:
+        return kind.model_validate(part)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise PydanticCustomError("content_part", "part {k}: {where}: {msg}", {
+            "k": k, "where": ".".join(map(str, first["loc"])) or "part", "msg": first["msg"]}) from None
+
+
 class FunctionCall(Strict):
     name: str
     arguments: str  # a JSON object as text, as OpenAI sends it; the template writes it into the call as is
@@ -175,9 +223,14 @@ class ToolCallIn(Strict):
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[dict] | None = None  # a list: TextPart and ImagePart objects once validated
     tool_calls: list[ToolCallIn] | None = None  # assistant
     tool_call_id: str | None = None  # tool: which call this result answers (the template does not show it)
+
+    @field_validator("content")
+    @classmethod
+    def content_parts(cls, content):
+        return [content_part(k, part) for k, part in enumerate(content)] if isinstance(content, list) else content
 
     @model_validator(mode="after")
     def fields_of_the_role(self):
@@ -190,12 +243,27 @@ class Message(Strict):
             raise ValueError("only assistant messages have tool_calls")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
+        if self.role != "user" and self.images():
+            raise ValueError("image_url parts go in user messages only")
         return self
 
-    def as_template_dict(self) -> dict:
-        """For `normalize_messages`, which turns content None into "" and leaves the calls to the template."""
-        text = self.content if not isinstance(self.content, list) else "".join(p.text for p in self.content)
-        message = {"role": "system" if self.role == "developer" else self.role, "content": text}
+    def images(self) -> list[tuple[int, str]]:
+        """(part index, url) of each image part."""
+        parts = self.content if isinstance(self.content, list) else []
+        return [(j, part.image_url.url) for j, part in enumerate(parts) if part.type == "image_url"]
+
+    def as_template_dict(self, index: int) -> dict:
+        """For `normalize_messages`, which turns content None into "" and leaves the calls to the template.
+        Text parts join into one text; with images the content stays a list of parts for
+        `image_chat_prompt_ids`, each image as (where it is: `messages.<index>.content.<part>`, its url)."""
+        content = self.content
+        if isinstance(content, list) and self.images():
+            content = [{"type": "text", "text": p.text} if p.type == "text"
+                       else image_part((f"messages.{index}.content.{j}", p.image_url.url))
+                       for j, p in enumerate(content)]
+        elif isinstance(content, list):
+            content = "".join(p.text for p in content)
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content}
         if self.tool_calls:
             message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
         return message
@@ -317,6 +385,7 @@ class ServerState:
     max_body_bytes: int
     max_prompts: int
     api_key: str | None = None
+    image_processor: object = None  # a MiniMind-V model's (model/vision.py); None: the model takes text only
 
     def __post_init__(self):
         self.max_token_bytes = max(map(len, self.token_bytes))
@@ -346,11 +415,12 @@ class Generation:
 
     def __init__(self, state: ServerState, prompts: list[list[int]], body: GenerationFields, max_tokens: int | None,
                  split_think: bool, logprobs: int | None = None, tools: list[str] | None = None, forced: str = "",
-                 one_call: bool = False):
+                 one_call: bool = False, pixel_values=None):
         """`logprobs`: None, or keep each token's log-prob and this many most likely tokens beside it;
         `tools`: names of the functions whose calls are taken out of the replies (None: the replies are
         text); `forced`: text the prompts end with that is the start of the reply (a forced call);
-        `one_call`: end each reply at its first call."""
+        `one_call`: end each reply at its first call; `pixel_values`: the images of the (one) prompt's slots,
+        shared by its n samples (the engine then prefills them once)."""
         n = body.n or 1
         if logprobs is not None and state.engine.drafter is not None:
             raise ApiError(400, "logprobs are not available with speculative decoding (--draft_weight)",
@@ -360,6 +430,7 @@ class Generation:
         stop = [body.stop] if isinstance(body.stop, str) else body.stop
         prompts = [p for p in prompts for _ in range(n)]
         self.engine = state.engine
+        self.pixel_values = pixel_values
         self.jobs = [(prompt, SamplingParams(
             max_tokens=check_length(state, prompt, max_tokens),
             temperature=1.0 if body.temperature is None else body.temperature,
@@ -395,7 +466,7 @@ class Generation:
                 # The engine calls back from its thread: hand each event over to this event loop.
                 self.requests.append(self.engine.submit(
                     prompt, params, lambda token, finish, i=index:
-                    loop.call_soon_threadsafe(queue.put_nowait, (i, token, finish))))
+                    loop.call_soon_threadsafe(queue.put_nowait, (i, token, finish)), self.pixel_values))
             while None in self.finish_reasons:
                 if client is not None and time.monotonic() > next_poll:
                     next_poll += DISCONNECT_POLL_S
@@ -627,18 +698,96 @@ api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
 
 def chat_generation(state: ServerState, body: ChatRequest) -> Generation:
-    """The request as a Generation: the conversation rendered and tokenized (in a worker thread)."""
+    """The request as a Generation: the conversation rendered and tokenized, its images decoded (in a worker
+    thread). The cheap checks come first: an image no model here can take, or a prompt over the context,
+    costs no decoding."""
     names, forced = read_tool_choice(body)
-    messages, _ = normalize_messages([m.as_template_dict() for m in body.messages])
+    sent = [(f"messages.{i}.content.{j}", url) for i, m in enumerate(body.messages) for j, url in m.images()]
+    if sent:
+        check_images_wanted(state, sent)
+    messages, _ = normalize_messages([m.as_template_dict(i) for i, m in enumerate(body.messages)])
     # Templates show user, system and tool texts whole (an assistant's may lose its <think> part).
-    check_text_size(state, [m["content"] for m in messages if m["role"] != "assistant"], "messages")
+    check_text_size(state, [content_text(m["content"]) for m in messages if m["role"] != "assistant"], "messages")
     tools = [tool.model_dump(exclude_none=True) for tool in body.tools or []]
-    prompt = chat_prompt_ids(state.tokenizer, messages, tools)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    pixels = None
+    if state.image_processor is not None:  # a MiniMind-V model: its prompts may hold image slots
+        config = state.engine.config
+        prompt, images = image_chat_prompt_ids(state.tokenizer, messages, config.image_token_id, config.image_tokens,
+                                               tools)
+    else:
+        prompt, images = chat_prompt_ids(state.tokenizer, messages, tools), []
     # The forced text is part of the prompt the model reads (and counts in usage.prompt_tokens).
     prompt += state.tokenizer(forced, add_special_tokens=False)["input_ids"]
-    return Generation(state, [prompt], body, body.max_completion_tokens or body.max_tokens, split_think=True,
+    if images:
+        check_length(state, prompt, max_tokens)  # before decoding the images
+        pixels = pixel_values(state.image_processor, [decode_image(data_url_bytes(url, where), where)
+                                                      for where, url in images])
+    return Generation(state, [prompt], body, max_tokens, split_think=True,
                       logprobs=(body.top_logprobs or 0) if body.logprobs else None, tools=names, forced=forced,
-                      one_call=body.parallel_tool_calls is False)
+                      one_call=body.parallel_tool_calls is False, pixel_values=pixels)
+
+
+def check_images_wanted(state: ServerState, sent: list[tuple[str, str]]):
+    """A 400 for images this server cannot take: a text-only model, speculative decoding, or an image that is
+    not a base64 data: URL (the server fetches nothing for a client), naming the first such part."""
+    where, url = sent[0]
+    if state.image_processor is None:
+        raise ApiError(400, f"{where}: this model has no vision encoder: it takes text only (serve a MiniMind-V "
+                            "checkpoint, e.g. out/sft_vlm_512.pth, for image_url parts)", param=where,
+                       code="images_not_supported")
+    if state.engine.drafter is not None:
+        raise ApiError(400, f"{where}: images are not available with speculative decoding (--draft_weight): "
+                            "it decodes text prompts only", param=where, code="images_not_supported")
+    for where, url in sent:
+        scheme = url.partition(":")[0].strip().lower() if ":" in url else ""
+        if scheme in ("http", "https"):
+            raise ApiError(400, f"{where}: this server does not fetch image URLs; send the image itself as a "
+                                "base64 data: URL (data:image/png;base64,...)", param=f"{where}.image_url.url",
+                           code="image_url_not_supported")
+        if scheme != "data":
+            raise ApiError(400, f"{where}: image_url.url must be a base64 data: URL (data:image/png;base64,...), "
+                                f"not {url[:32]!r}", param=f"{where}.image_url.url", code="invalid_image_url")
+
+
+def data_url_bytes(url: str, where: str) -> bytes:
+    """The bytes of a `data:image/<type>;base64,<data>` URL (whitespace in the data ignored: `base64` wraps its
+    lines), or a 400 naming the part."""
+    def bad(why):
+        return ApiError(400, f"{where}: {why}", param=f"{where}.image_url.url", code="invalid_image_url")
+    header, comma, data = url.partition(":")[2].partition(",")
+    params = [p.strip().lower() for p in header.split(";")]
+    if not comma or params[-1] != "base64":
+        raise bad("not a base64 data: URL (expected data:image/<type>;base64,<data>)")
+    if params[0] and not params[0].startswith("image/"):
+        raise bad(f"the data: URL holds {params[0]}, not an image")
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise bad(f"the data: URL is not valid base64 ({e})") from None
+
+
+def decode_image(data: bytes, where: str):
+    """An RGB image from its file's bytes, or a 400 naming the part: not an image, over MAX_IMAGE_PIXELS, or
+    broken. The size is read from the header, before any pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        raise ApiError(400, f"{where}: not an image this server can read (png, jpeg, webp, gif, bmp...)",
+                       param=where, code="invalid_image") from None
+    except Exception as e:  # Pillow's own, e.g. DecompressionBombError
+        raise ApiError(400, f"{where}: the image cannot be read ({type(e).__name__}: {e})", param=where,
+                       code="invalid_image") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ApiError(400, f"{where}: a {width}x{height} image is over this server's {MAX_IMAGE_PIXELS:,} pixels; "
+                            "send it smaller (the model sees it at its encoder's size anyway)", param=where,
+                       code="invalid_image")
+    try:
+        return load_images([data])[0]
+    except VisionError as e:  # "image 1 (N bytes): cannot be read as an image (...)": named by its part here
+        raise ApiError(400, f"{where}: {str(e).partition(': ')[2]}", param=where, code="invalid_image") from None
 
 
 @api.post("/chat/completions")
@@ -705,8 +854,11 @@ async def completions(request: Request):
 
 @api.get("/models")
 async def models(request: Request):
-    name = state_of(request).model_name
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "minimind"}]}
+    state = state_of(request)
+    # input_modalities: an extension (OpenAI's model objects have none) that tells a client the model sees images
+    modalities = ["text", "image"] if state.image_processor is not None else ["text"]
+    return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": 0,
+                                        "owned_by": "minimind", "input_modalities": modalities}]}
 
 
 # The server root, as SGLang has it: not under /v1, but behind the same key.
@@ -743,8 +895,10 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
                max_batch_size: int = 16, max_seq_len: int | None = None, model_aliases=("minimind",),
                max_body_mb: float = 4, max_prompts: int = 128, drafter=None) -> FastAPI:
     """The server around a loaded model: the engine thread runs while the app does. `drafter`: speculative
-    decoding, one request at a time (see model/serving.py's Engine)."""
+    decoding, one request at a time (see model/serving.py's Engine). A MiniMind-V model takes images, prepared
+    by its encoder's image processor (from the folder it was loaded with)."""
     limit = min(max_seq_len or model.config.max_position_embeddings, model.config.max_position_embeddings)
+    processor = load_image_processor(model.config.vision_model_path) if is_vision_model(model) else None
     engine = Engine(model, max_batch_size, eos_token_ids={tokenizer.eos_token_id, model.config.eos_token_id},
                     drafter=drafter)
 
@@ -757,7 +911,7 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     app = FastAPI(title="MiniMind OpenAI-compatible API", lifespan=lifespan)
     app.state.minimind = ServerState(engine, tokenizer, model_name, tuple(model_aliases), limit,
                                      token_bytes(tokenizer, model.config.vocab_size), int(max_body_mb * 2**20),
-                                     max_prompts, api_key)
+                                     max_prompts, api_key, processor)
     app.add_exception_handler(ApiError, lambda request, exc: exc.response())
     app.add_exception_handler(HTTPException, http_error)
     app.include_router(api)
@@ -769,7 +923,7 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # --quantize int8: load_chat_model quantises the served model; --draft_weight: speculative, one request at a time
-    add_model_args(parser, quantize=True, speculative=True)
+    add_model_args(parser, quantize=True, speculative=True, vision=True)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the server to the network")
     parser.add_argument("--port", type=int, default=8998)
     parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1/*")
@@ -801,6 +955,7 @@ def main():
               "at a time")
     print(f"serving {path} as '{name}'{''.join(f' or {a!r}' for a in aliases)} on http://{args.host}:{args.port}/v1 "
           f"(batch {app.state.minimind.engine.max_batch_size}, context {app.state.minimind.max_seq_len}"
+          f"{', images: ' + str(model.config.image_tokens) + ' tokens each' if is_vision_model(model) else ''}"
           f"{', API key required' if args.api_key else ''})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -10,6 +10,11 @@ The sidebar picks a checkpoint (the model .pth files and Hugging Face folders in
 newest of the largest chat models first) and the sampling settings. A reasoning model's thinking is folded away in an expander above its answer. A pretrained
 (not chat-tuned) checkpoint continues your text instead of answering it.
 
+Images: with a MiniMind-V checkpoint (sft_vlm_*.pth, pretrain_vlm_*.pth) the chat input takes image files
+(the paperclip, or drop them on it): they join the message they are sent with, show in the history, and stay in
+their turn for the replies after (as far as "History turns sent" reaches). A message with an image and no text
+asks "Describe the picture.". A text model's input takes no files.
+
 Tools: pick demo tools in the sidebar, and/or give the command line of a stdio MCP server (e.g.
 `python scripts/mcp_demo_tools.py`); the model may then call them (model/chat.py's `chat_with_tools`, the loop
 eval_model.py uses), and each call shows folded, with its result, above the answer.
@@ -25,11 +30,15 @@ import streamlit as st
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `python scripts/<name>.py`: the packages sit beside scripts/
 from demo.tools import demo_tools
-from model.chat import (ReplyStream, add_model_args, call_text, chat_prompt_ids, chat_with_tools, check_tool_names,
-                        is_model_file, load_chat_model, recent_history, text_prompt_ids)
+from model.chat import (DESCRIBE_PROMPT, ReplyStream, add_model_args, call_text, chat_prompt_ids, chat_with_tools,
+                        check_tool_names, image_chat_prompt_ids, image_part, is_model_file, is_vision_model,
+                        load_chat_model, recent_history, text_prompt_ids)
 from model.checkpoint import CheckpointError
 from model.generation import generate_reply
 from model.tools import mcp_tools
+from model.vision import VisionError, load_image_processor, load_images, pixel_values
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]  # what the chat input offers to upload
 
 
 def checkpoints_in(folder: str) -> list[str]:
@@ -42,10 +51,12 @@ def checkpoints_in(folder: str) -> list[str]:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model...")
 def load(path: str, modified: float):
-    """(model, tokenizer), kept across reruns; `modified` makes a retrained file load again."""
+    """(model, tokenizer, image processor: None for a text model), kept across reruns; `modified` makes a
+    retrained file load again."""
     args = add_model_args(argparse.ArgumentParser()).parse_args(["--load_from", path])
     model, tokenizer, _ = load_chat_model(args, quiet=True)
-    return model, tokenizer
+    processor = load_image_processor(model.config.vision_model_path) if is_vision_model(model) else None
+    return model, tokenizer, processor
 
 
 @st.cache_resource(max_entries=2, show_spinner="Starting the MCP server...", on_release=lambda served: served[1]())
@@ -66,12 +77,33 @@ def show_message(message: dict):
         if message.get("reasoning"):
             with st.expander("Thinking"):
                 st.markdown(message["reasoning"])
+        for image in message.get("images", []):
+            st.image(image, width=256)
         st.markdown(message["content"])
         if message.get("stats"):
             st.caption(message["stats"])
 
 
-def answer(model, tokenizer, messages: list[dict], pretrain: bool, history_turns: int, sampling: dict,
+def model_message(message: dict) -> dict:
+    """A chat message as the prompt builders take it: a user message's images (file bytes) before its text."""
+    if not message.get("images"):
+        return {"role": message["role"], "content": message["content"]}
+    parts = [image_part(image) for image in message["images"]]
+    return {"role": message["role"], "content": parts + [{"type": "text", "text": message["content"]}]}
+
+
+def prompt_inputs(model, tokenizer, processor, messages: list[dict], schemas: list) -> tuple[list[int], dict]:
+    """(prompt ids, the images' pixel values as generation's keyword arguments: none for a text model)."""
+    if processor is None:
+        return chat_prompt_ids(tokenizer, messages, schemas), {}
+    ids, images = image_chat_prompt_ids(tokenizer, messages, model.config.image_token_id, model.config.image_tokens,
+                                        schemas)
+    if not images:
+        return ids, {}
+    return ids, {"pixel_values": pixel_values(processor, load_images(images)).to(model.device)}
+
+
+def answer(model, tokenizer, processor, messages: list[dict], pretrain: bool, history_turns: int, sampling: dict,
            tools: list) -> dict:
     """Stream the reply into the page, through the tool loop when tools are on offer; return it as a message."""
     schemas, names = [tool.schema() for tool in tools], [tool.name for tool in tools] or None
@@ -80,12 +112,12 @@ def answer(model, tokenizer, messages: list[dict], pretrain: bool, history_turns
         thinking_slot, answer_slot = st.empty(), st.empty()
         timed, calls = [], []  # (reply, seconds) of each model reply; the calls with their results
 
-        def reply_to(ids):
+        def reply_to(ids, images=None):
             """One model reply, streamed into the thinking and answer slots (a reply after a call replaces
             the text of the one before: usually empty beside its call)."""
             reply = ReplyStream(tokenizer, split_think=not pretrain, prompt_ids=ids, tools=names)
             start = time.perf_counter()
-            for delta in generate_reply(model, ids, reply, **sampling):
+            for delta in generate_reply(model, ids, reply, **sampling, **(images or {})):
                 if delta.reasoning:
                     with thinking_slot.container(), st.expander("Thinking", expanded=True):
                         st.markdown(reply.reasoning)
@@ -103,9 +135,9 @@ def answer(model, tokenizer, messages: list[dict], pretrain: bool, history_turns
             reply = reply_to(text_prompt_ids(tokenizer, messages[-1]["content"]))
         else:
             history = recent_history(messages[:-1], history_turns)
-            chat = [{"role": m["role"], "content": m["content"]} for m in history] + [messages[-1]]
-            reply = chat_with_tools(lambda sent: reply_to(chat_prompt_ids(tokenizer, sent, schemas)), chat, tools,
-                                    on_tool=on_tool)
+            chat = [model_message(m) for m in history + [messages[-1]]]
+            reply = chat_with_tools(lambda sent: reply_to(*prompt_inputs(model, tokenizer, processor, sent, schemas)),
+                                    chat, tools, on_tool=on_tool)
         thinking_slot.empty()
         if reply.reasoning:  # fold the thinking away once the answer is there
             with thinking_slot.container(), st.expander("Thinking"):
@@ -147,7 +179,7 @@ def main():
                     "train_full_sft.py), or point to another folder.")
             st.stop()
         name = st.selectbox("Model", names, index=default_model(folder, names))
-        pretrain = name.startswith("pretrain")
+        pretrain = name.startswith("pretrain") and not name.startswith("pretrain_vlm")  # captions are chat
         sampling = {
             "temperature": st.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.85, 0.05),
             "top_p": st.slider("Top-p", 0.05, 1.0, 0.85, 0.05),
@@ -171,21 +203,32 @@ def main():
         st.stop()
     path = os.path.join(folder, name)
     try:
-        model, tokenizer = load(path, os.path.getmtime(path))
-    except (CheckpointError, OSError) as e:
+        model, tokenizer, processor = load(path, os.path.getmtime(path))
+    except (CheckpointError, OSError, VisionError) as e:
         st.error(str(e))
         st.stop()
     st.caption(f"{name} · {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters · {model.device}"
-               + (" · pretrained only: it continues your text" if pretrain else ""))
+               + (" · pretrained only: it continues your text" if pretrain else "")
+               + (" · sees images: attach them to a message" if processor else ""))
 
     for message in st.session_state.messages:
         show_message(message)
-    prompt = st.chat_input("Text to continue" if pretrain else "Ask MiniMind")
-    if prompt:
-        message = {"role": "user", "content": prompt}
+    sees = processor is not None
+    prompt = st.chat_input("Text to continue" if pretrain else "Ask MiniMind" + (" (images welcome)" if sees else ""),
+                           accept_file="multiple" if sees else False, file_type=IMAGE_TYPES if sees else None)
+    text, images = (prompt.text, [f.getvalue() for f in prompt.files]) if sees and prompt else (prompt, [])
+    if prompt and images:
+        try:
+            load_images(images)  # an unreadable file is said now, before it joins the conversation
+        except VisionError as e:
+            st.error(f"Image: {e}")
+            st.stop()
+    if text or images:
+        message = {"role": "user", "content": text or DESCRIBE_PROMPT, "images": images}
         st.session_state.messages.append(message)
         show_message(message)
-        reply = answer(model, tokenizer, st.session_state.messages, pretrain, history_turns, sampling, tools)
+        reply = answer(model, tokenizer, processor, st.session_state.messages, pretrain, history_turns, sampling,
+                       tools)
         st.session_state.messages.append(reply)
 
 
