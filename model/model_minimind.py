@@ -212,6 +212,14 @@ class RotaryEmbedding(nn.Module):
         return cos.to(dtype), sin.to(dtype)
 
 
+def residual_projection(linear: nn.Linear) -> nn.Linear:
+    """Mark a projection that writes into the residual stream (o_proj, down_proj): `_init_weights` scales its
+    init down with depth. The mark sits on the layer itself because transformers initialises each module once,
+    children first, so a parent cannot re-initialise them afterwards."""
+    linear.writes_residual = True
+    return linear
+
+
 def rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -232,7 +240,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        self.o_proj = residual_projection(nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False))
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.flash = config.flash_attn
@@ -303,7 +311,7 @@ class LatentAttention(nn.Module):
         self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, self.kv_lora_rank + self.rope, bias=False)
         self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, config.rms_norm_eps)  # DeepSeek's: a fixed eps of 1e-6
         self.kv_b_proj = nn.Linear(self.kv_lora_rank, self.n_heads * (self.nope + self.v_dim), bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.v_dim, config.hidden_size, bias=False)
+        self.o_proj = residual_projection(nn.Linear(self.n_heads * self.v_dim, config.hidden_size, bias=False))
         self.scale = (self.nope + self.rope) ** -0.5  # the full query/key width, as DeepSeek
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -380,7 +388,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.down_proj = residual_projection(nn.Linear(config.intermediate_size, config.hidden_size, bias=False))
         self.act_fn = ACT2FN[config.hidden_act]
         self.dropout = nn.Dropout(config.dropout)
 
@@ -678,7 +686,9 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         (o_proj, down_proj) scaled by 1/sqrt(2 * layers), as GPT-2, so the stream's variance does not grow
         with depth; norms start at 1; RoPE tables are recomputed (they are not saved)."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if getattr(module, "writes_residual", False):
+            hf_init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
             hf_init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             hf_init.ones_(module.weight)
@@ -690,10 +700,6 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
             cos, sin = module.tables()
             hf_init.copy_(module.cos, cos)
             hf_init.copy_(module.sin, sin)
-        if isinstance(module, (Attention, LatentAttention, FeedForward)):
-            proj = module.down_proj if isinstance(module, FeedForward) else module.o_proj
-            # Children are initialised before their parent, so this overrides the plain N(0, 0.02) above.
-            hf_init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
