@@ -24,6 +24,11 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO = os.path.join(ROOT, "dataset", "demo")
 
 
+# The demo's vision encoder, trained from scratch: a tiny ViT for 64x64 pictures (8x8 patches).
+DEMO_ENCODER = ["--image_size", "64", "--patch_size", "8", "--hidden_size", "128", "--num_hidden_layers", "3",
+                "--num_attention_heads", "4"]
+
+
 @dataclass
 class Stage:
     name: str  # the report's name for it
@@ -34,6 +39,7 @@ class Stage:
     chat: bool = True  # ask held-out questions through the chat template (False: as plain text)
     max_new_tokens: int | None = None  # for held-out answers (None: --max_new_tokens); reasoning thinks first
     note: str = ""
+    vision: bool = False  # a MiniMind-V stage: measured on the held-out image questions
     results: dict = field(default_factory=dict)
 
 
@@ -48,6 +54,7 @@ def demo_stages(args) -> list[Stage]:
     common = ["--out_dir", out, "--max_seq_len", "256", "--log_interval", "25", "--save_interval", "1000000",
               "--device", args.device, "--warmup_iters", "20", "--eval_batches", "20"]
     main = sized(h, args.num_hidden_layers) + common
+    vlm = main + ["--batch_size", "16"]
     student = sized(args.student_hidden_size, args.student_layers) + common + ["--batch_size", "16"]
     # Small batches: on this little data the number of updates, more than the tokens, decides what is learned.
     return [
@@ -57,6 +64,20 @@ def demo_stages(args) -> list[Stage]:
         Stage("full_sft", "train_full_sft.py", main + ["--epochs", "1", "--batch_size", "4", "--pack", "1",
                                                        "--learning_rate", "1e-3"], ckpt("full_sft"),
               note="Short chats packed several to a 256-token window, each learning only its replies."),
+        Stage("pretrain_vlm", "train_pretrain_vlm.py", vlm + [
+            "--from_weight", ckpt("full_sft"), "--vision_model", os.path.join(out, "vision_encoder"), "--train_vision",
+            "--image_pool", "2", "--epochs", "1", "--learning_rate", "1e-3"], ckpt("pretrain_vlm"), vision=True,
+              note="MiniMind-V, stage 1: the SFT model learns to caption 64x64 pictures of shapes. Its vision "
+                   "encoder (a 3-layer ViT with 8x8 patches, pooled 2x2 to 16 tokens per image) starts from random "
+                   "weights and trains with the projection (--train_vision; with a real CLIP it stays frozen); the "
+                   "LLM is frozen."),
+        Stage("sft_vlm", "train_sft_vlm.py", vlm + [
+            "--from_weight", ckpt("pretrain_vlm"), "--train_vision", "--epochs", "1", "--learning_rate", "1e-3"],
+              ckpt("sft_vlm"), vision=True,
+              note="MiniMind-V, stage 2: questions about the pictures (what shape, what colour, how many, where, is "
+                   "there a ..., do two pictures hold as many shapes), some multi-turn, some with two images; the "
+                   "whole model trains. Held-out: fresh pictures, phrasings never seen in training, and colour/shape, "
+                   "position/shape and count/background combinations no training picture has."),
         Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
                                                         "--batch_size", "16", "--learning_rate", "4e-3", "--mix_path",
                                                         os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "3"]
@@ -200,6 +221,38 @@ def measure(stage: Stage, args, rows: list[dict]) -> dict:
         step = max(1, len(rows) // 8)
         results["samples"] = [(rows[i]["question"], replies[i]) for i in range(0, len(rows), step)][:8]
     return results
+
+
+def vision_measure(stage: Stage, args) -> dict:
+    """A MiniMind-V stage: greedy answers to the held-out image questions, accuracy per question kind (on all
+    of them, and on those about unseen combinations) beside chance, and sample answers with their pictures."""
+    import shutil
+
+    import torch
+    from demo.vision import chance_levels, demo_vlm_dir, is_correct_vlm, score_vlm
+    from model.checkpoint import load_tokenizer
+    from model.generation import answer_image_questions
+    from model.vision import load_image_processor
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_stage_model(stage, args.eval_device).float().eval()
+    tokenizer = load_tokenizer(os.path.join(ROOT, "model", "tokenizer"))
+    folder = demo_vlm_dir()
+    with open(os.path.join(folder, "vlm_heldout.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    images = [[os.path.join(folder, "images", n.strip()) for n in r["image"].split(",")] for r in rows]
+    replies = answer_image_questions(model, tokenizer, load_image_processor(model.config.vision_model_path),
+                                     [(r["question"], i) for r, i in zip(rows, images)], max_new_tokens=32)
+    shown = os.path.join(args.out_dir, "report_images")
+    os.makedirs(shown, exist_ok=True)
+    samples = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):  # one question of each kind, alternating languages
+        i = next(k for k, r in enumerate(rows) if r["kind"] == kind and r["lang"] == ("en", "zh")[len(samples) % 2])
+        for path in images[i]:
+            shutil.copy(path, shown)
+        samples.append((rows[i]["question"], replies[i], rows[i]["answer"], is_correct_vlm(replies[i], rows[i]),
+                        [os.path.join("report_images", os.path.basename(p)) for p in images[i]]))
+    return {"vision": {"accuracy": score_vlm(replies, rows), "chance": chance_levels(rows), "samples": samples}}
 
 
 def flag(stage: Stage, name: str, default=None):
@@ -353,6 +406,22 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
             acc = s.results.get("accuracy")
             if acc:
                 lines.append(f"| {s.name} | " + " | ".join(pct(acc.get(c)) for c in categories) + " |")
+    seen = [s for s in done if s.results.get("vision")]
+    if seen:
+        chance = seen[-1].results["vision"]["chance"]
+        kinds = [k for k in chance if k != "overall" and "(" not in k]
+        lines += ["", "## MiniMind-V: held-out image questions", "",
+                  "Fresh pictures, question phrasings no training row uses; \"unseen\" counts only the questions "
+                  "about a combination no training picture has (a colour on a shape, a shape at a position, a count "
+                  "on a background). Chance: the best constant answer on these rows, then uniform guessing.", "",
+                  "| | " + " | ".join(kinds) + " | overall |", "|---|" + "---|" * (len(kinds) + 1)]
+        for s in seen:
+            acc = s.results["vision"]["accuracy"]
+            lines.append(f"| {s.name} | " + " | ".join(pct(acc.get(k)) for k in kinds) + f" | {pct(acc['overall'])} |")
+            lines.append(f"| {s.name}, unseen | " + " | ".join(pct(acc.get(f"{k} (unseen combo)")) for k in kinds)
+                         + f" | {pct(acc.get('overall (unseen combo)'))} |")
+        lines.append("| chance (majority / uniform) | " + " | ".join(
+            f"{pct(chance[k]['majority'])} / {pct(chance[k]['uniform'])}" for k in kinds) + " | |")
     tool_rows = [(name, t) for s in done for name, t in (("full_sft (no tools)", s.results.get("tools_baseline")),
                                                           (f"{s.name} (tools)", s.results.get("tools"))) if t]
     if tool_rows:
@@ -392,6 +461,12 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
                       f"| reply length (tokens) | {b['val_length']:.1f} | {a['val_length']:.1f} |", ""]
         if rl and rl.get("curve"):
             lines += [f"![{s.name} reward]({os.path.relpath(rl['curve'], os.path.dirname(path))})", ""]
+        if s.results.get("prep"):
+            lines += [f"Before it: `python {shlex.join(s.results['prep'])}`", ""]
+        for question, reply, answer, right, pictures in s.results.get("vision", {}).get("samples", []):
+            shown = " ".join(f"![picture]({p})" for p in pictures)
+            lines.append(f"- {shown} **Q:** {question}  \n  **A:** {' '.join(reply.split())[:200]} "
+                         f"({'right' if right else 'wrong'}; expected: {answer})")
         for question, reply in s.results.get("samples", []):
             reply = " ".join(reply.split())[:200]
             lines.append(f"- **Q:** {' '.join(question.split())}  \n  **A:** {reply}")
@@ -445,8 +520,14 @@ def main():
     for stage in stages:
         rl = stage.script in ("train_grpo.py", "train_ppo.py")  # train_agent.py has its own table (tool_use)
         passes = group_pass_rates(stage, args) if rl else None
+        prep = None
+        if stage.name == "pretrain_vlm":  # its vision encoder starts from random weights: make the folder first
+            prep = ["scripts/make_vision_encoder.py", flag(stage, "--vision_model"), *DEMO_ENCODER]
+            print(f"\n=== vision encoder: python {shlex.join(prep)}", flush=True)
+            subprocess.run([sys.executable, *prep], cwd=ROOT, check=True)
         seconds = run_stage(stage, args, log_dir)
-        stage.results = {"seconds": seconds, **training_numbers(stage), **measure(stage, args, rows)}
+        numbers = vision_measure(stage, args) if stage.vision else measure(stage, args, rows)
+        stage.results = {"seconds": seconds, "prep": prep, **training_numbers(stage), **numbers}
         if rl:
             stage.results["rl"] = {"passes": passes, **rl_numbers(stage), "curve": reward_curve(stage)}
         if stage.name == "agent":

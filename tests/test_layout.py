@@ -5,7 +5,7 @@ import os
 
 from tests.helpers import ROOT
 
-SCRIPTS = {"scripts", "run_demo", "eval_model"} | {os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/train_*.py")}
+SCRIPTS = {"scripts", "run_demo", "eval_model", "eval_vlm"} | {os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/train_*.py")}
 
 
 def imported_modules(path):

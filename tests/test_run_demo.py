@@ -56,3 +56,25 @@ def test_report_card_shows_the_tool_use_table(tmp_path):
     assert "| tool_sft (tools) | 50.0% | 50.0% | 90.0% | 80.0% |" in text
     assert "| agent (tools) | 75.0% | 75.0% | 100.0% | 90.0% |" in text
     assert '**call:** `calculator({"expression": "347 + 589"}) → 936`' in text
+
+
+def test_report_card_shows_the_vision_table_with_chance_and_pictures(tmp_path):
+    chance = {k: {"majority": 0.5 if k == "exists" else 0.2, "uniform": 0.5 if k == "exists" else 1 / 6}
+              for k in ("shape", "exists", "overall")}
+    accuracy = {"shape": 0.75, "exists": 0.875, "overall": 0.8, "shape (unseen combo)": 0.5,
+                "exists (unseen combo)": 1.0, "overall (unseen combo)": 0.7}
+    results = {"seconds": 60.0, "steps": 10, "tokens": 1000, "tok_per_s": 500.0, "train_loss": 0.5,
+               "curve": str(tmp_path / "none.png"), "prep": ["scripts/make_vision_encoder.py", "enc"],
+               "vision": {"accuracy": accuracy, "chance": chance,
+                          "samples": [("What shape?", "A circle.", "circle", True, ["report_images/a.png"])]}}
+    args = argparse.Namespace(preset="demo", hidden_size=256, num_hidden_layers=4, device="cpu", nproc=1)
+    path = tmp_path / "report.md"
+    write_report([Stage("sft_vlm", "train_sft_vlm.py", [], "v.pth", vision=True, results=results)], args, str(path),
+                 60.0)
+    text = path.read_text()
+    assert "| | shape | exists | overall |" in text
+    assert "| sft_vlm | 75.0% | 87.5% | 80.0% |" in text
+    assert "| sft_vlm, unseen | 50.0% | 100.0% | 70.0% |" in text
+    assert "| chance (majority / uniform) | 20.0% / 16.7% | 50.0% / 50.0% | |" in text
+    assert "`python scripts/make_vision_encoder.py enc`" in text
+    assert "![picture](report_images/a.png) **Q:** What shape?" in text and "(right; expected: circle)" in text
