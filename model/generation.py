@@ -526,56 +526,45 @@ def question_prompt(tokenizer, question: str, chat: bool = True) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-@torch.no_grad()
 def answer_questions(model, tokenizer, questions: list[str], max_new_tokens: int = 64, batch_size: int = 64,
                      chat: bool = True, device=None) -> list[str]:
-    """Greedy replies, decoded without special tokens. `chat=False` continues plain text (pretrained models).
-
-    Questions are sorted by length so each batch pads little; replies come back in the input order.
-    """
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    """Greedy replies, decoded without special tokens. `chat=False` continues plain text (pretrained models)."""
     prompts = [question_prompt(tokenizer, q, chat) for q in questions]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    replies = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        ids, mask = left_pad([prompts[i] for i in batch], tokenizer.pad_token_id)
-        out = generate(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
-                       eos_token_id=tokenizer.eos_token_id)
-        for row, i in enumerate(batch):
-            new = out[row, ids.shape[1]:].tolist()
-            if tokenizer.eos_token_id in new:
-                new = new[:new.index(tokenizer.eos_token_id)]
-            replies[i] = tokenizer.decode(new, skip_special_tokens=True)
-    model.train(was_training)
-    return replies
+    return greedy_replies(model, tokenizer, prompts, max_new_tokens, batch_size, device)
 
 
-@torch.no_grad()
 def answer_image_questions(model, tokenizer, processor, questions: list[tuple[str, list]], max_new_tokens: int = 32,
                            batch_size: int = 32, device=None) -> list[str]:
     """Greedy replies of a MiniMind-V model to (question, images) pairs: each question asked in the chat template
-    after its images (minimind-v's "<image>\n" + question, one tag per image), batched as `answer_questions`."""
+    after its images (minimind-v's "<image>\n" + question, one tag per image)."""
     from .vision import IMAGE_MARKER, encode_with_images, load_images, pixel_values
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     prompts = []
     for question, images in questions:
         content = IMAGE_MARKER * len(images) + "\n" + question
         text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
         prompts.append(encode_with_images(tokenizer, text, model.config.image_token_id, model.config.image_tokens))
+    images_of = lambda rows: pixel_values(processor, load_images([im for i in rows for im in questions[i][1]]))  # noqa: E731
+    return greedy_replies(model, tokenizer, prompts, max_new_tokens, batch_size, device, images_of)
+
+
+@torch.no_grad()
+def greedy_replies(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, device=None,
+                   images_of=None) -> list[str]:
+    """Greedy replies to token-id prompts, decoded without special tokens, in the prompts' order. Prompts are
+    batched sorted by length, so each batch pads little; `images_of(indices)`: the pixel values of those prompts'
+    images (a MiniMind-V model), in order."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
         ids, mask = left_pad([prompts[i] for i in batch], tokenizer.pad_token_id)
-        pixels = pixel_values(processor, load_images([image for i in batch for image in questions[i][1]]))
-        out = generate(model, ids.to(device), mask.to(device), pixel_values=pixels.to(device),
-                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+        images = {} if images_of is None else {"pixel_values": images_of(batch).to(device)}
+        out = generate(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
+                       eos_token_id=tokenizer.eos_token_id, **images)
         for row, i in enumerate(batch):
             new = out[row, ids.shape[1]:].tolist()
             if tokenizer.eos_token_id in new:
