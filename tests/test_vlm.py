@@ -128,17 +128,23 @@ def test_image_features_match_an_independent_float64_computation(kind, clip_dir,
     torch.testing.assert_close(ours[0], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_full_clip_folder_loads_its_vision_tower_and_an_incomplete_one_is_refused(tmp_path):
-    """Users download the whole CLIP (text tower too): the vision tower loads from it, and a folder missing
-    vision weights is an error, not a random init."""
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_full_model_folder_loads_its_vision_tower_and_an_incomplete_one_is_refused(kind, tmp_path):
+    """Users download the whole CLIP or SigLIP (text tower too): the vision tower loads from it, and a folder
+    missing vision weights is an error, not a random init."""
     from safetensors.torch import load_file, save_file
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor, SiglipModel
     vision = {**ENCODER, "intermediate_size": 64}
     text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99,
                 bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    full = CLIPModel(CLIPConfig(vision_config=vision, text_config=text))
+    if kind == "clip":
+        full = CLIPModel(CLIPConfig(vision_config=vision, text_config=text))
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    else:
+        full = SiglipModel(SiglipConfig(vision_config=vision, text_config=text))
+        processor = SiglipImageProcessor(size={"height": 32, "width": 32})
     full.save_pretrained(tmp_path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
     encoder, _ = load_vision_encoder(str(tmp_path))
     for name, value in encoder.state_dict().items():
         assert torch.equal(value, full.vision_model.state_dict()[name]), name
