@@ -66,11 +66,16 @@ def demo_stages(args) -> list[Stage]:
               note="Short chats packed several to a 256-token window, each learning only its replies."),
         Stage("pretrain_vlm", "train_pretrain_vlm.py", vlm + [
             "--from_weight", ckpt("full_sft"), "--vision_model", os.path.join(out, "vision_encoder"), "--train_vision",
-            "--image_pool", "2", "--epochs", "1", "--learning_rate", "1e-3"], ckpt("pretrain_vlm"), vision=True,
+            "--train_llm", "all", "--image_pool", "2", "--center_features", "--epochs", "1", "--learning_rate", "1e-3"],
+              ckpt("pretrain_vlm"), vision=True,
               note="MiniMind-V, stage 1: the SFT model learns to caption 64x64 pictures of shapes. Its vision "
                    "encoder (a 3-layer ViT with 8x8 patches, pooled 2x2 to 16 tokens per image) starts from random "
-                   "weights and trains with the projection (--train_vision; with a real CLIP it stays frozen); the "
-                   "LLM is frozen."),
+                   "weights and trains with the projection (--train_vision; a real CLIP stays frozen). The LLM "
+                   "trains too (--train_llm all, where the script's default freezes it): the demo's LLM has never "
+                   "seen a word for a shape or a colour, and a frozen one cannot learn to say them (its caption "
+                   "loss stayed at 7.5). --center_features subtracts each image's mean patch feature: without it "
+                   "the from-scratch encoder's features are dominated by what all patches share, and the model "
+                   "stayed at chance."),
         Stage("sft_vlm", "train_sft_vlm.py", vlm + [
             "--from_weight", ckpt("pretrain_vlm"), "--train_vision", "--epochs", "1", "--learning_rate", "1e-3"],
               ckpt("sft_vlm"), vision=True,

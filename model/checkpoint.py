@@ -365,7 +365,7 @@ def build_vlm(args, run, tokenizer):
                 sys.exit("--vision_model: a new VLM needs a vision encoder folder (a local CLIP or SigLIP, e.g. a "
                          "clone of openai/clip-vit-base-patch16)")
             llm, meta = load_model(path, size_overrides(args), quiet=not run.is_main)
-            model = vlm_from_llm(llm, args.vision_model, args.projector, args.image_pool)
+            model = vlm_from_llm(llm, args.vision_model, args.projector, args.image_pool, args.center_features)
     run.print(f"model: loaded {path} ({meta.get('stage', '?')}, step {meta.get('step', '?')})")
     if model.config.vocab_size != len(tokenizer):
         sys.exit(f"model vocab {model.config.vocab_size} != tokenizer vocab {len(tokenizer)} "

@@ -40,7 +40,8 @@ class VLMConfig(MiniMindConfig):
 
     def __init__(self, vision_model_path: str | None = None, projector: str = "mlp", image_pool: int = 1,
                  trained_vision: bool = False, image_token_id: int | None = None, vision_hidden_size: int | None = None,
-                 image_tokens: int | None = None, vision_fingerprint: str | None = None, **kwargs):
+                 image_tokens: int | None = None, vision_fingerprint: str | None = None,
+                 center_features: bool = False, **kwargs):
         super().__init__(**kwargs)
         if projector not in ("linear", "mlp"):
             raise ValueError(f"projector={projector!r}: 'linear' or 'mlp'")
@@ -48,6 +49,7 @@ class VLMConfig(MiniMindConfig):
             raise ValueError(f"image_pool={image_pool}: a pooling factor >= 1")
         self.vision_model_path, self.projector, self.image_pool = vision_model_path, projector, image_pool
         self.trained_vision = trained_vision  # the encoder's weights are the checkpoint's, not its folder's
+        self.center_features = center_features
         self.image_token_id = self.vocab_size if image_token_id is None else image_token_id
         if 0 <= self.image_token_id < self.vocab_size:
             raise ValueError(f"image_token_id={self.image_token_id} is a text token (vocab {self.vocab_size}): the "
@@ -107,6 +109,11 @@ class MiniMindVLM(MiniMindForCausalLM):
             n, _, width = patches.shape
             patches = patches.transpose(1, 2).reshape(n, width, grid, grid)
             patches = F.avg_pool2d(patches, self.config.image_pool).flatten(2).transpose(1, 2)
+        if self.config.center_features:
+            # What every patch shares (mostly the background) is removed, so what differs stands out. A small
+            # encoder trained from scratch needs it: its features are dominated by one common component, a shape
+            # filling 1 of 16 tokens barely moves them, and the demo's VLM stayed at chance without it.
+            patches = patches - patches.mean(dim=1, keepdim=True)
         return self.vision_proj(patches)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
@@ -159,13 +166,14 @@ def vlm_config(llm_config: dict, vision_model_path: str, **vision) -> VLMConfig:
 
 
 def vlm_from_llm(llm: MiniMindForCausalLM, vision_model_path: str, projector: str = "mlp",
-                 image_pool: int = 1) -> MiniMindVLM:
+                 image_pool: int = 1, center_features: bool = False) -> MiniMindVLM:
     """A new VLM around a trained LLM: every LLM weight copied and checked, a fresh projection. Multi-token
     prediction modules are left behind (the VLM stages train next-token prediction only)."""
     from .checkpoint import load_weights
     encoder, _ = load_vision_encoder(vision_model_path)
     config = vlm_config({**llm.config.to_dict(), "mtp_depth": 0}, vision_model_path, projector=projector,
-                        image_pool=image_pool, vision_fingerprint=vision_fingerprint(encoder))
+                        image_pool=image_pool, center_features=center_features,
+                        vision_fingerprint=vision_fingerprint(encoder))
     model = MiniMindVLM(config, encoder)
     own = {k: v for k, v in model.state_dict().items() if k.startswith((VISION_PREFIX, PROJ_PREFIX))}
     text = {k: v for k, v in llm.state_dict().items() if not k.startswith("mtp.")}

@@ -92,6 +92,9 @@ def add_vlm_args(parser: argparse.ArgumentParser, train_llm: str) -> argparse.Ar
     g.add_argument("--image_pool", type=int, default=1,
                    help="average-pool the patch grid by this factor first (2: 14x14 -> 7x7, 196 -> 49 tokens per "
                         "image); a new VLM only")
+    g.add_argument("--center_features", action="store_true",
+                   help="subtract each image's mean patch feature before the projection: for a small encoder "
+                        "trained from scratch (the demo); a new VLM only")
     g.add_argument("--train_vision", action="store_true",
                    help="train the vision encoder too (default frozen); its weights then travel in the checkpoint")
     g.add_argument("--train_llm", default=train_llm,

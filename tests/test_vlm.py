@@ -104,12 +104,13 @@ def test_text_never_becomes_an_image_slot():
 # The real encoder path: folders saved here, loaded as downloaded ones are
 
 
-@pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_image_features_match_an_independent_float64_computation(kind, clip_dir, siglip_dir):
-    """Our pipeline (encoder folder -> patch tokens -> 2x2 average pool -> MLP projection) against the same
-    steps written out in float64 from the encoder's own forward: CLIP drops its class token, SigLIP has none."""
+@pytest.mark.parametrize("kind,center", [("clip", False), ("siglip", False), ("clip", True)])
+def test_image_features_match_an_independent_float64_computation(kind, center, clip_dir, siglip_dir):
+    """Our pipeline (encoder folder -> patch tokens -> 2x2 average pool [-> minus their mean] -> MLP projection)
+    against the same steps written out in float64 from the encoder's own forward: CLIP drops its class token,
+    SigLIP has none."""
     folder = clip_dir if kind == "clip" else siglip_dir
-    model = tiny_vlm(folder, image_pool=2)
+    model = tiny_vlm(folder, image_pool=2, center_features=center)
     assert model.config.image_tokens == 4  # a 4x4 patch grid pooled 2x2
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
     pixels = pixel_values(load_image_processor(folder), [image])
@@ -122,6 +123,8 @@ def test_image_features_match_an_independent_float64_computation(kind, clip_dir,
     assert patches.shape[0] == 16
     grid = patches.reshape(4, 4, -1)
     pooled = torch.stack([grid[i:i + 2, j:j + 2].mean((0, 1)) for i in (0, 2) for j in (0, 2)])
+    if center:
+        pooled = pooled - pooled.mean(0)
     w1, b1, w2, b2 = (p.detach().double() for p in model.vision_proj.parameters())
     hidden = pooled @ w1.T + b1
     expected = (0.5 * hidden * (1 + torch.erf(hidden / 2 ** 0.5))) @ w2.T + b2  # exact GELU
