@@ -77,7 +77,7 @@ def demo_stages(args) -> list[Stage]:
                    "the from-scratch encoder's features are dominated by what all patches share, and the model "
                    "stayed at chance."),
         Stage("sft_vlm", "train_sft_vlm.py", vlm + [
-            "--from_weight", ckpt("pretrain_vlm"), "--train_vision", "--epochs", "1", "--learning_rate", "1e-3"],
+            "--from_weight", ckpt("pretrain_vlm"), "--train_vision", "--epochs", "1", "--learning_rate", "3e-4"],
               ckpt("sft_vlm"), vision=True,
               note="MiniMind-V, stage 2: questions about the pictures (what shape, what colour, how many, where, is "
                    "there a ..., do two pictures hold as many shapes), some multi-turn, some with two images; the "
