@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from demo import demo_file
 from model.chat import chat_prompt_ids
 from model.generation import generate
 from model.model_lora import (DEFAULT_TARGETS, LoRALinear, apply_lora, count_parameters, load_lora, lora_state_dict,
@@ -130,7 +131,7 @@ def test_qlora_quantises_every_projection_and_trains_only_the_adapters(use_moe):
 def identity_batch(n=4):
     """The first `n` one-turn chats of the demo's identity set, as (ids, labels on the replies, examples)."""
     tok = helpers.tokenizer()
-    with open(f"{helpers.ROOT}/dataset/demo/lora_identity.jsonl", encoding="utf-8") as f:
+    with open(demo_file("lora_identity.jsonl"), encoding="utf-8") as f:  # generated on first use
         chats = [c for c in (json.loads(line)["conversations"] for line in f) if len(c) == 2][:n]
     examples = [(chat_prompt_ids(tok, c[:1]), tok(c[1]["content"], add_special_tokens=False)["input_ids"]
                  + [tok.eos_token_id]) for c in chats]
