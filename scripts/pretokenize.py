@@ -102,11 +102,11 @@ def join_parts(parts_dir, n_chunks, output, meta):
     return meta
 
 
-def pretokenize(source, output, tokenizer_dir, num_workers, chunk_mb=8, skip_bad=False):
+def pretokenize(source, output, tokenizer_dir, num_workers, chunk_mb=8, skip_bad=False, engine="auto"):
     from transformers import AutoTokenizer  # slow import (~5 s): only when actually tokenizing
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     started = time.time()
-    encoder = BatchEncoder(tokenizer)
+    encoder = BatchEncoder(tokenizer, use_tiktoken=engine == "auto")
     print(f"encoding with {encoder.engine}" + (f" ({encoder.why})" if encoder.why else ""))
     stat = os.stat(source)
     chunks = plan_chunks(JsonlIndex(source), int(chunk_mb * 2**20))
@@ -152,10 +152,12 @@ def main():
     parser.add_argument("--num_workers", type=int, default=os.cpu_count())
     parser.add_argument("--chunk_mb", type=float, default=8, help="MB of jsonl per task (and per part file)")
     parser.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping")
+    parser.add_argument("--engine", default="auto", choices=["auto", "tokenizers"],
+                        help="auto: tiktoken where its ids are proven equal, else tokenizers' batch encode")
     args = parser.parse_args()
     output = args.output or (args.input[:-len(".jsonl")] if args.input.endswith(".jsonl") else args.input)
     try:
-        pretokenize(args.input, output, args.tokenizer, args.num_workers, args.chunk_mb, args.skip_bad)
+        pretokenize(args.input, output, args.tokenizer, args.num_workers, args.chunk_mb, args.skip_bad, args.engine)
     except DataError as e:
         sys.exit(f"error: {e} (or pass --skip_bad)")
 
