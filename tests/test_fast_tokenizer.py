@@ -136,12 +136,16 @@ def test_bad_lines_and_blank_lines(tok):
     np.testing.assert_array_equal(lengths, want_lengths)
 
 
-def test_script_output_is_the_transformers_ids(tok, tmp_path):
-    """The .bin/.idx of scripts/pretokenize.py (2 workers, several parts) hold exactly the reference ids."""
+@pytest.mark.parametrize("engine,name", [("auto", "tiktoken"), ("tokenizers", "tokenizers")])
+def test_script_output_is_the_transformers_ids(tok, tmp_path, capsys, engine, name):
+    """The .bin/.idx of scripts/pretokenize.py (2 workers, several parts) hold exactly the reference ids,
+    with either engine."""
     texts = HARD * 3
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_bytes(b"".join(raw + b"\n" for _, raw in lines_of(texts)))
-    meta = pretok.pretokenize(str(jsonl), str(tmp_path / "p"), TOKENIZER_DIR, num_workers=2, chunk_mb=4000 / 2**20)
+    meta = pretok.pretokenize(str(jsonl), str(tmp_path / "p"), TOKENIZER_DIR, num_workers=2, chunk_mb=4000 / 2**20,
+                              engine=engine)
+    assert capsys.readouterr().out.startswith(f"encoding with {name}")
     want_tokens, want_lengths = reference(tok, texts)
     assert Path(tmp_path / "p.bin").read_bytes() == want_tokens.tobytes()
     offsets = np.fromfile(tmp_path / "p.idx", np.int64)
