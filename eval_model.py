@@ -62,6 +62,9 @@ def parse_args(argv=None):
     g.add_argument("--history_cnt", type=int, default=0, help="previous exchanges (user + assistant) to send")
     g.add_argument("--stream", type=int, default=1, choices=[0, 1], help="print tokens as they come")
     g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--compile_decode", action="store_true",
+                   help="decode steps under torch.compile (compiles first; faster on some CPUs, slower on "
+                        "others: scripts/bench_model.py --skip train)")
     g.add_argument("--interactive", action="store_true", help="chat from the keyboard instead of test prompts")
     g.add_argument("--think", action="store_true", help="open a <think> block in the prompt (enable_thinking)")
     add_tool_args(parser)
@@ -103,7 +106,7 @@ def main(argv=None):
         generator = torch.Generator(device=model.device).manual_seed(args.seed)
         sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, repetition_penalty=args.repetition_penalty, generator=generator,
-                        drafter=drafter)
+                        drafter=drafter, compile=args.compile_decode)
         chat(args, model, tokenizer, sampling, tools, pretrain)
 
 

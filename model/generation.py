@@ -16,6 +16,7 @@ and RL rollouts share.
 The model's own `generate` (transformers' `GenerationMixin`) still works; tests check both give the same
 greedy tokens. This loop is leaner: no per-step processor objects, a cache without concatenation.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,10 @@ class KVCache:
                  num_layers: int | None = None):
         num_layers = config.num_hidden_layers if num_layers is None else num_layers
         k_heads, k_dim, v_heads, v_dim = kv_cache_dims(config)
-        self.k = torch.empty((num_layers, batch_size, k_heads, max_len, k_dim), device=device, dtype=dtype)
-        self.v = torch.empty((num_layers, batch_size, v_heads, max_len, v_dim), device=device, dtype=dtype)
+        # Zeros, not garbage: a compiled DecodeStep attends over the columns not written yet too, masked; a
+        # masked score weighs 0 in the softmax, but 0 * NaN would still be NaN.
+        self.k = torch.zeros((num_layers, batch_size, k_heads, max_len, k_dim), device=device, dtype=dtype)
+        self.v = torch.zeros((num_layers, batch_size, v_heads, max_len, v_dim), device=device, dtype=dtype)
         self.length = 0
         self.first_layer = first_layer
         self.last_layer = first_layer + num_layers - 1
@@ -56,6 +59,77 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"crop to {length}: the cache holds {self.length} positions")
         self.length = length
+
+
+class StaticCacheView:
+    """A KVCache's buffers as a decode step of static shapes sees them: `update` writes the new token's keys and
+    values at column `index` (a (1,) tensor: left padding puts every row's new token in the same column) and
+    returns every column; the step's mask hides those not written yet."""
+
+    def __init__(self, k, v, index):
+        self.k, self.v, self.index = k, v, index
+
+    def update(self, k, v, layer_idx: int, *args, **kwargs):
+        self.k[layer_idx].index_copy_(2, self.index, k)
+        self.v[layer_idx].index_copy_(2, self.index, v)
+        return self.k[layer_idx], self.v[layer_idx]
+
+
+def decode_logits(model, tokens, positions, keep, index, k, v):
+    """(batch, vocab) float32 logits of the token after `tokens` (batch, 1), which go in cache column `index`
+    at `positions` (batch, 1). `keep` (batch, cache length): the columns that are not left padding. Every
+    shape is fixed by the cache and no Python value depends on a tensor's, so torch.compile traces it once."""
+    mask = keep & (torch.arange(k.shape[3], device=index.device) <= index)  # written so far, this token included
+    hidden = model.model.decode(tokens, positions, mask[:, None, None, :], StaticCacheView(k, v, index))
+    return model.lm_head(hidden[:, -1]).float()
+
+
+COMPILED_CACHE_STEP = 256  # cache lengths a compiled decode rounds up to: few shapes, few compilations
+
+
+@functools.cache
+def compiled_decode_logits():
+    """`decode_logits` under torch.compile, made once per process. Parameters are inputs of the graph, not
+    constants, so it serves any model of the same configuration and sees weights that training changes (RL).
+    Shapes are static: each new (batch, cache length) compiles again (15-20 s at 512 x 8 on 2 cores), which is
+    why stream_generate rounds the cache length up to a multiple of COMPILED_CACHE_STEP when compiling."""
+    return torch.compile(decode_logits, dynamic=False)
+
+
+class DecodeStep:
+    """The decoding steps after the prefill: one token per row, on the KVCache the prefill wrote (`decode_logits`),
+    eager or compiled (`compile=True`: every step then has the same shapes, the whole cache masked; the first
+    step of a new shape compiles, 15-20 s for the 512 x 8 model on 2 cores, later generations reuse the graph)."""
+
+    def __init__(self, model, cache: KVCache, attention_mask, compile: bool = False):
+        B, S, prompt_len = cache.k.shape[1], cache.k.shape[3], cache.length
+        device = cache.k.device
+        self.model, self.cache = model, cache
+        self.keep = torch.ones(B, S, dtype=torch.bool, device=device)
+        if attention_mask is not None:
+            self.keep[:, :prompt_len] = attention_mask.bool()
+            # each row counts its positions from its first real token
+            self.positions = attention_mask.long().sum(-1, keepdim=True)
+        else:
+            self.positions = torch.full((B, 1), prompt_len, dtype=torch.long, device=device)
+        self.index = torch.tensor([prompt_len], device=device)
+        self.compiled = compile
+        self.fn = compiled_decode_logits() if compile else decode_logits
+
+    def __call__(self, tokens):
+        """Logits after `tokens` (batch, 1), the tokens of the last step."""
+        cache = self.cache
+        if cache.length == cache.k.shape[3]:
+            raise ValueError(f"the KV cache is full ({cache.length} positions)")
+        # Compiled: every column, one shape for every step. Eager: only the columns written so far and this
+        # token's, so a long max_new_tokens costs no attention over empty columns.
+        n = cache.k.shape[3] if self.compiled else cache.length + 1
+        logits = self.fn(self.model, tokens, self.positions, self.keep[:, :n], self.index,
+                         cache.k[:, :, :, :n], cache.v[:, :, :, :n])
+        self.index += 1
+        self.positions += 1
+        self.cache.length += 1
+        return logits
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -132,6 +206,7 @@ def stream_generate(
     presence_penalty: float = 0.0,
     drafter=None,
     pixel_values: torch.Tensor | None = None,
+    compile: bool = False,
 ):
     """Yield the next token of every row, one (batch,) tensor per step.
 
@@ -144,6 +219,11 @@ def stream_generate(
 
     `pixel_values` (a MiniMind-V model): the images of the prompts' image slots, in order; only the prefill
     reads them, every later step is text on the KV cache.
+
+    `compile`: run the steps after the prefill under torch.compile (`DecodeStep`); each new shape compiles
+    first (5-40 s). Measured at 512 x 8 on 2-core VMs: 1.13x eager at batch 1 on one, 0.8-1.0x on another, and
+    half of eager's speed at batch 8 (every step attends over the whole cache): measure before turning it on
+    (scripts/bench_model.py --skip train). Plain decoding only (not `drafter`).
     """
     config = model.config
     B, prompt_len = input_ids.shape
@@ -170,11 +250,13 @@ def stream_generate(
     if padded:  # each row counts its positions from its first real token
         attention_mask = attention_mask.long()
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        next_pos = position_ids[:, -1:] + 1
     else:
         attention_mask, position_ids = None, None
 
-    cache = KVCache(config, B, prompt_len + max_new_tokens, model.device, model.lm_head.weight.dtype)
+    cache_len = prompt_len + max_new_tokens
+    if compile:  # masked columns cost little; a new shape costs a compilation
+        cache_len = -(-cache_len // COMPILED_CACHE_STEP) * COMPILED_CACHE_STEP
+    cache = KVCache(config, B, cache_len, model.device, model.lm_head.weight.dtype)
     seen = counts = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(B, config.vocab_size, dtype=torch.bool, device=input_ids.device)
@@ -184,13 +266,13 @@ def stream_generate(
         counts = torch.zeros(B, config.vocab_size, device=input_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
 
-    tokens = input_ids
+    # The prefill: the prompt (with its images' embeddings, for a MiniMind-V model) in one forward.
     image_slots = getattr(model.config, "image_token_id", None)
     embeds = model.embed_inputs(input_ids, pixel_values) if image_slots is not None else None
+    hidden, _ = model.model(input_ids, attention_mask, position_ids, cache, embeds)
+    logits = model.lm_head(hidden[:, -1]).float()
+    decode = DecodeStep(model, cache, attention_mask, compile)
     for step in range(max_new_tokens):
-        hidden, _ = model.model(tokens, attention_mask, position_ids, cache, embeds)
-        embeds = None  # the prompt's (image) embeddings are for the prefill only
-        logits = model.lm_head(hidden[:, -1]).float()
         next_token = sample_next_token(logits, do_sample, temperature, top_p, top_k, repetition_penalty, seen,
                                        generator, counts, frequency_penalty, presence_penalty)
         next_token = next_token.masked_fill(done, pad_id)
@@ -202,10 +284,7 @@ def stream_generate(
             seen.scatter_(1, next_token[:, None], True)
         if counts is not None:
             counts.scatter_add_(1, next_token[:, None], (~done[:, None]).float())
-        tokens = next_token[:, None]
-        if padded:
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-            position_ids, next_pos = next_pos, next_pos + 1
+        logits = decode(next_token[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -640,7 +640,19 @@ class MiniMindModel(nn.Module):
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         cos, sin = self.rotary(position_ids, past_len, L, dtype)
-        x = self.dropout(x)
+        return self.blocks(self.dropout(x), cos, sin, mask, is_causal, cache)
+
+    def decode(self, input_ids, position_ids, mask, cache):
+        """The final hidden states of one new token per row, (batch, 1, hidden), with nothing that depends on
+        the values of its inputs: `mask` (batch, 1, 1, cache length) says which cache columns each row sees,
+        `cache` writes where its own tensor index says. So one compiled graph serves every step (see
+        generation.DecodeStep)."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(position_ids, 0, 1, x.dtype)
+        return self.blocks(x, cos, sin, mask, False, cache)[0]
+
+    def blocks(self, x, cos, sin, mask, is_causal, cache):
+        """(final norm of the blocks' output, their summed MoE aux loss)."""
         aux_loss = x.new_zeros((), dtype=torch.float32)
         # Only when a backward will follow, and never with a KV cache: the recomputation would append to it again.
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
