@@ -1,6 +1,7 @@
 """MiniMind vs Hugging Face Llama, side by side in one process: training and decoding speed.
 
     python scripts/bench_model.py                    # 512 x 8, vocab 6400, CPU threads as set by torch
+    python scripts/bench_model.py --skip train       # decoding only: eager, compiled, HF, llama.cpp (if installed)
     python scripts/bench_model.py --device cuda --batch_size 32 --seq_len 512
     python scripts/bench_model.py --compile 1        # also both models under torch.compile (train_*.py --compile)
     python scripts/bench_model.py --quantize int8 --skip train,decode   # MiniMind decoding: fp32, bf16, int8 weights
@@ -124,7 +125,9 @@ def main():
 
     if "decode" not in args.skip:
         ours.eval(), hf.eval()
-        for dtype, batch in [(d, b) for d in dtypes for b in (1, 8)]:
+        # float16 for inference only: on a CPU with AVX-512, one-row float16 matmuls stream weights 2-3x faster
+        decode_dtypes = dtypes + [torch.float16] * (device.type == "cpu")
+        for dtype, batch in [(d, b) for d in decode_dtypes for b in (1, 8)]:
             ours.to(dtype), hf.to(dtype)  # weights in that dtype, as eval_model.py --dtype would load them
             prompt = torch.randint(3, config.vocab_size, (batch, args.prompt_len), device=device)
             n = args.new_tokens
@@ -135,10 +138,27 @@ def main():
             def run_hf():
                 with torch.inference_mode():
                     hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-            t = interleaved({"minimind": run_ours, "hf_llama": run_hf}, max(2, args.reps // 2), device)
+            runs = {"minimind": run_ours, "hf_llama": run_hf,
+                    "minimind compiled": lambda: generate(ours, prompt, max_new_tokens=n, do_sample=False,
+                                                          eos_token_id=[], compile=True)}
+            start = time.perf_counter()
+            runs["minimind compiled"]()  # compiles this shape
+            compile_s = time.perf_counter() - start
+            with tempfile.TemporaryDirectory() as tmp:
+                if batch == 1 and device.type == "cpu":  # the same weights in llama.cpp, same thread count
+                    for gguf_type in ("f16", "f32"):
+                        decoder = llama_cpp_decoder(ours.float(), gguf_type, prompt[0].tolist(), n, tmp)
+                        if decoder:
+                            runs[f"llama.cpp {gguf_type}"] = decoder[0]
+                    ours.to(dtype)
+                t = interleaved(runs, max(2, args.reps // 2), device)
             print(f"decode {str(dtype)[6:]:8s} batch {batch}, {n} new tokens: "
                   f"minimind {batch * n / t['minimind']:7,.0f} tok/s  hf generate {batch * n / t['hf_llama']:7,.0f} "
-                  f"tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x")
+                  f"tok/s  ratio {t['hf_llama'] / t['minimind']:.2f}x; "
+                  f"compiled {batch * n / t['minimind compiled']:,.0f} tok/s ({compile_s:.0f} s to compile and run once)")
+            for name in [r for r in runs if r.startswith("llama.cpp")]:
+                print(f"    {name}: {n / t[name]:7,.0f} tok/s; minimind / it: eager {t[name] / t['minimind']:.2f}x, "
+                      f"compiled {t[name] / t['minimind compiled']:.2f}x")
 
     if args.draft_weight:
         bench_speculative(args, device)
