@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from multiprocessing import Pool
@@ -47,8 +48,12 @@ _encoder = None  # set once per worker process by the pool initializer, not sent
 def init_worker(encoder, pool_size):
     global _encoder
     _encoder = encoder
-    if pool_size > 1:  # one process per core already: the tokenizer's own threads would only compete
+    if pool_size > 1:  # a pool worker
+        # one process per core already: the tokenizer's own threads would only compete
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        # it dies on pool.terminate() and leaves Ctrl-C to the main process, whatever handlers it was forked with
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def part_path(parts_dir, chunk_id):

@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 import torch
 
@@ -9,3 +11,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_put_back():
+    """A training script's main() run in this process installs Ctrl-C / SIGTERM handlers (model.session): put
+    back the previous ones after every test, so that no later test's child processes (a multiprocessing pool,
+    forked with the handlers) turn SIGTERM into a flag and outlive pool.terminate()."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
