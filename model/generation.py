@@ -91,7 +91,7 @@ COMPILED_CACHE_STEP = 256  # cache lengths a compiled decode rounds up to: few s
 def compiled_decode_logits():
     """`decode_logits` under torch.compile, made once per process. Parameters are inputs of the graph, not
     constants, so it serves any model of the same configuration and sees weights that training changes (RL).
-    Shapes are static: each new (batch, cache length) compiles again (15-20 s at 512 x 8 on 2 cores), which is
+    Shapes are static: each new (batch, cache length) compiles again (5-40 s at 512 x 8 on 2 cores), which is
     why stream_generate rounds the cache length up to a multiple of COMPILED_CACHE_STEP when compiling."""
     return torch.compile(decode_logits, dynamic=False)
 
@@ -99,7 +99,7 @@ def compiled_decode_logits():
 class DecodeStep:
     """The decoding steps after the prefill: one token per row, on the KVCache the prefill wrote (`decode_logits`),
     eager or compiled (`compile=True`: every step then has the same shapes, the whole cache masked; the first
-    step of a new shape compiles, 15-20 s for the 512 x 8 model on 2 cores, later generations reuse the graph)."""
+    step of a new shape compiles, 5-40 s for the 512 x 8 model on 2 cores, later generations reuse the graph)."""
 
     def __init__(self, model, cache: KVCache, attention_mask, compile: bool = False):
         B, S, prompt_len = cache.k.shape[1], cache.k.shape[3], cache.length
