@@ -7,6 +7,7 @@
     python eval_model.py --load_from out/minimind-hf --temperature 0
     python eval_model.py --model_mode 1 --lora_name identity  # + out/lora/lora_identity_512.pth
     python eval_model.py --model_mode 1 --quantize int8       # int8 weights (torchao weight-only)
+    python eval_model.py --model_mode 1 --quantize float16 --dtype float32   # fastest batch-1 decoding on a CPU
     python eval_model.py --model_mode 1 --draft_weight out/full_dist_128.pth   # speculative decoding
     python eval_model.py --interactive --tools calculator,convert --mcp "python scripts/mcp_demo_tools.py"
 
@@ -96,7 +97,8 @@ def main(argv=None):
         except (CheckpointError, ValueError) as e:  # CheckpointError: a file; ValueError: a tool or MCP server
             sys.exit(f"error: {e}")
         n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        weights = "int8 weights" if args.quantize == "int8" else str(model.dtype).removeprefix("torch.")
+        dtype = str(model.dtype).removeprefix("torch.")
+        weights = dtype if args.quantize == "none" else f"{args.quantize} weights, {dtype} activations"
         print(f"model: {path} ({n_params:.2f}M parameters, {model.device}, {weights}, "
               f"{weight_bytes(model) / 1e6:.1f} MB)")
         if drafter:

@@ -52,10 +52,11 @@ def add_model_args(parser, quantize: bool = False, speculative: bool = False, vi
     if vision:
         add_vision_arg(g)
     if quantize:
-        g.add_argument("--quantize", default="none", choices=["none", "int8"],
+        g.add_argument("--quantize", default="none", choices=["none", "int8", "float16"],
                        help="int8: the block projections' weights in int8 (torchao weight-only; activations stay "
                             "in --dtype): about 1/3 of the float32 weight memory, but slower decoding in eager "
-                            "PyTorch on a CPU (README: Speed and memory)")
+                            "PyTorch on a CPU; float16: those weights in float16 and activations in --dtype: the "
+                            "fastest CPU decoding with --dtype float32 (README: Speed and memory)")
     if speculative:
         add_speculative_args(g)
     return parser
@@ -174,9 +175,10 @@ def load_chat_model(args, quiet=False):
         merge_lora_file(model, checkpoint_path(os.path.join(args.out_dir, LORA_DIR), f"lora_{args.lora_name}",
                                                model.config.hidden_size, model.config.use_moe))
     model = model.to(device=device, dtype=dtype)
-    if getattr(args, "quantize", "none") == "int8":  # after the LoRA merge: the merged weights are quantised
-        from .quant import quantize_int8
-        quantize_int8(model)
+    quantize = getattr(args, "quantize", "none")  # after the LoRA merge: the merged weights are quantised
+    if quantize != "none":
+        from .quant import half_weights, quantize_int8
+        (quantize_int8 if quantize == "int8" else half_weights)(model)
     tokenizer_path = args.tokenizer_path or (
         path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else DEFAULT_TOKENIZER)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)

@@ -18,7 +18,8 @@ puts the trainable adapters on top: QLoRA. The layout and the arithmetic are tho
 (`to_nf4`); tests/test_quant.py checks that both give the same codes and scales.
 
 For inference, `quantize_int8` applies torchao's int8 weight-only quantisation (`Int8WeightOnlyConfig`: one
-int8 per weight, a float scale per output row) to the projections of every block.
+int8 per weight, a float scale per output row) to the projections of every block, and `half_weights` stores
+them in float16 (`HalfLinear`), the fastest batch-1 decoding on a CPU.
 """
 import math
 
@@ -169,6 +170,36 @@ def quantize_int8(model: nn.Module, skip=("lm_head",)) -> nn.Module:
     # set_inductor_config=False: leave torch.compile's global settings alone
     quantize_(model, Int8WeightOnlyConfig(set_inductor_config=False),
               filter_fn=lambda module, name: isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in skip)
+    return model
+
+
+class HalfLinear(nn.Module):
+    """An inference nn.Linear whose weight (and bias) are stored in float16 and whose input and output keep
+    their dtype. For one-row matmuls (batch-1 decoding) a CPU with AVX-512 streams float16 weights from memory
+    ~2.6x faster than float32 ones (oneDNN's kernel, README: Speed and memory), while norms, attention and
+    everything else still run in the activations' dtype. Same parameter names as nn.Linear: loads its state."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().to(torch.float16), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.float16),
+                                                                  requires_grad=False)
+
+    def forward(self, x):
+        return F.linear(x.to(torch.float16), self.weight, self.bias).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, float16 weights"
+
+
+def half_weights(model: nn.Module, skip=("lm_head",)) -> nn.Module:
+    """Every nn.Linear but those named in `skip` (the tied output head, as quantize_int8) becomes a HalfLinear.
+    In place; returns the model."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Linear and child_name not in skip:
+                setattr(module, child_name, HalfLinear(child))
     return model
 
 

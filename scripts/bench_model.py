@@ -4,7 +4,7 @@
     python scripts/bench_model.py --skip train       # decoding only: eager, compiled, HF, llama.cpp (if installed)
     python scripts/bench_model.py --device cuda --batch_size 32 --seq_len 512
     python scripts/bench_model.py --compile 1        # also both models under torch.compile (train_*.py --compile)
-    python scripts/bench_model.py --quantize int8 --skip train,decode   # MiniMind decoding: fp32, bf16, int8 weights
+    python scripts/bench_model.py --quantize int8 --skip train,decode   # MiniMind decoding: fp32, bf16, int8, f16 weights
     python scripts/bench_model.py --quantize nf4 --skip train,decode    # LoRA vs QLoRA training steps
     python scripts/bench_model.py --skip train,decode --spec_model out/demo/full_sft_256.pth \
         --draft_weight out/demo/full_dist_128.pth --spec_k 4     # speculative decoding vs plain, batch 1
@@ -32,7 +32,7 @@ from model.chat import add_speculative_args  # noqa: E402
 from model.generation import SpecStats, generate, stream_generate  # noqa: E402
 from model.logger import flops_per_token, measure_matmul_peak  # noqa: E402
 from model.model_lora import DEFAULT_TARGETS, apply_lora  # noqa: E402
-from model.quant import quantize_int8, quantize_nf4_, weight_bytes  # noqa: E402
+from model.quant import half_weights, quantize_int8, quantize_nf4_, weight_bytes  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
 
@@ -217,11 +217,12 @@ def bench_speculative(args, device):
 
 
 def bench_int8_decode(model, args, device):
-    """Batch-1 greedy decoding with the same weights stored three ways; activations run in the weights' dtype
-    (float32 for int8, which torchao dequantises inside each matmul). bfloat16 is measured even where the CPU
-    has no native bf16, to show what it costs there."""
+    """Batch-1 greedy decoding with the same weights stored four ways; activations in float32, except for
+    bfloat16 (in the weights' dtype). torchao dequantises int8 inside each matmul; `half_weights` (float16)
+    casts each matmul's input. bfloat16 is measured even where the CPU has no native bf16, to show what it
+    costs there."""
     weights = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16),
-               "int8": quantize_int8(copy.deepcopy(model))}
+               "int8": quantize_int8(copy.deepcopy(model)), "float16": half_weights(copy.deepcopy(model))}
     prompt = torch.randint(3, model.config.vocab_size, (1, args.prompt_len), device=device)
     n = args.new_tokens
     runs = {name: lambda m=m: generate(m, prompt, max_new_tokens=n, do_sample=False, eos_token_id=[])
