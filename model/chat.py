@@ -55,8 +55,8 @@ def add_model_args(parser, quantize: bool = False, speculative: bool = False, vi
         g.add_argument("--quantize", default="none", choices=["none", "int8", "float16"],
                        help="int8: the block projections' weights in int8 (torchao weight-only; activations stay "
                             "in --dtype): about 1/3 of the float32 weight memory, but slower decoding in eager "
-                            "PyTorch on a CPU; float16: those weights in float16 and activations in --dtype: the "
-                            "fastest CPU decoding with --dtype float32 (README: Speed and memory)")
+                            "PyTorch on a CPU; float16: every projection and the head in float16, activations in --dtype: "
+                            "the fastest CPU decoding, with --dtype float32 (README: Speed and memory)")
     if speculative:
         add_speculative_args(g)
     return parser
@@ -192,7 +192,7 @@ def load_drafter(args, model, tokenizer):
     """The drafter --draft_weight asks for (None without it), checked against the loaded model: the same
     vocabulary and tokenizer, spec_k >= 1, a model with MTP modules for 'mtp'. Raises CheckpointError with one
     line for the user."""
-    from .generation import DraftModel, MTPDrafter
+    from .generation import DraftModel, MTPDrafter, activation_dtype
 
     path = getattr(args, "draft_weight", None)
     if not path:
@@ -216,7 +216,7 @@ def load_drafter(args, model, tokenizer):
                               f"model's ({model.config.vocab_size}); a drafter needs the same tokenizer")
     check_draft_tokenizer(path, meta, tokenizer)
     device = next(model.parameters()).device
-    dtype = model.lm_head.weight.dtype  # the unquantised head: int8 weights keep their activations' dtype
+    dtype = activation_dtype(model)  # weight-only int8 or float16 projections keep their activations' dtype
     return DraftModel(draft.to(device=device, dtype=dtype).eval(), args.spec_k)
 
 

@@ -24,6 +24,12 @@ import torch
 from .model_minimind import MiniMindConfig, attention_mask_4d, kv_cache_dims
 
 
+def activation_dtype(model) -> torch.dtype:
+    """The dtype the hidden states (and so the KV cache) run in: the token embeddings', which no weight-only
+    format (int8, float16 projections: model/quant.py) changes."""
+    return model.model.embed_tokens.weight.dtype
+
+
 class KVCache:
     """Preallocated key/value buffers: a decode step writes in place instead of concatenating.
 
@@ -256,7 +262,7 @@ def stream_generate(
     cache_len = prompt_len + max_new_tokens
     if compile:  # masked columns cost little; a new shape costs a compilation
         cache_len = -(-cache_len // COMPILED_CACHE_STEP) * COMPILED_CACHE_STEP
-    cache = KVCache(config, B, cache_len, model.device, model.lm_head.weight.dtype)
+    cache = KVCache(config, B, cache_len, model.device, activation_dtype(model))
     seen = counts = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(B, config.vocab_size, dtype=torch.bool, device=input_ids.device)
@@ -408,7 +414,7 @@ class DraftModel(Drafter):
 
     def begin(self, target, max_len: int):
         self.check(target)
-        self.cache = KVCache(self.model.config, 1, max_len, self.model.device, self.model.lm_head.weight.dtype)
+        self.cache = KVCache(self.model.config, 1, max_len, self.model.device, activation_dtype(self.model))
 
     def room(self, pending: int) -> int:
         # It will hold positions up to pending + k - 1.
@@ -455,7 +461,7 @@ class MTPDrafter(Drafter):
     def begin(self, target, max_len: int):
         self.check(target)
         self.target, config = target, target.config
-        dtype = target.lm_head.weight.dtype
+        dtype = activation_dtype(target)
         self.depth = config.mtp_depth
         self.caches = [KVCache(config, 1, max_len, target.device, dtype, config.num_hidden_layers + d, 1)
                        for d in range(self.depth)]
@@ -499,7 +505,7 @@ def speculative_stream(model, input_ids, drafter: Drafter, max_new_tokens: int, 
     drafter.check(model)
     prompt_len, device = input_ids.shape[1], input_ids.device
     total = prompt_len + max_new_tokens
-    cache = KVCache(config, 1, total, model.device, model.lm_head.weight.dtype)
+    cache = KVCache(config, 1, total, model.device, activation_dtype(model))
     drafter.begin(model, total)
     seq = torch.zeros(1, total, dtype=torch.long, device=device)  # prompt, accepted tokens, then drafts
     seq[:, :prompt_len] = input_ids

@@ -272,9 +272,10 @@ def test_float16_weights_give_float32s_greedy_tokens():
     activations: half_weights) and `--dtype float16` (everything float16) keep float32's greedy replies."""
     model, prompts = trained_model()
     mixed, half = half_weights(copy.deepcopy(model)), copy.deepcopy(model).half()
-    assert type(mixed.model.layers[0].mlp.up_proj) is HalfLinear and type(mixed.lm_head) is torch.nn.Linear
+    assert type(mixed.model.layers[0].mlp.up_proj) is HalfLinear and type(mixed.lm_head) is HalfLinear
     assert mixed.state_dict().keys() == model.state_dict().keys()
     assert weight_bytes(mixed.model.layers) < 0.51 * weight_bytes(model.model.layers)  # the norms stay float32
+    assert mixed.model.embed_tokens.weight.dtype == torch.float32  # the head's float16 copy is its own
     same = {"mixed": 0, "half": 0}
     for prompt in prompts:
         ids = torch.tensor([prompt])
