@@ -55,8 +55,8 @@ def add_model_args(parser, quantize: bool = False, speculative: bool = False, vi
         g.add_argument("--quantize", default="none", choices=["none", "int8", "float16"],
                        help="int8: the block projections' weights in int8 (torchao weight-only; activations stay "
                             "in --dtype): about 1/3 of the float32 weight memory, but slower decoding in eager "
-                            "PyTorch on a CPU; float16: every projection and the head in float16, activations in --dtype: "
-                            "the fastest CPU decoding, with --dtype float32 (README: Speed and memory)")
+                            "PyTorch on a CPU; float16: every projection and the head in float16, activations in "
+                            "--dtype: the fastest CPU decoding, with --dtype float32 (README: Speed and memory)")
     if speculative:
         add_speculative_args(g)
     return parser

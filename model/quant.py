@@ -197,7 +197,7 @@ def half_weights(model: nn.Module, skip=()) -> nn.Module:
     """Every nn.Linear but those named in `skip` becomes a HalfLinear, the output head too: a tied head gets a
     float16 copy of the embedding matrix (+6.5 MB at 512 x 6400), since its one-row matmul streams the most
     bytes of any. In place; returns the model."""
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear and child_name not in skip:
                 setattr(module, child_name, HalfLinear(child))

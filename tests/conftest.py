@@ -13,12 +13,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+PYTEST_HANDLERS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
 @pytest.fixture(autouse=True)
 def signal_handlers_put_back():
-    """A training script's main() run in this process installs Ctrl-C / SIGTERM handlers (model.session): put
-    back the previous ones after every test, so that no later test's child processes (a multiprocessing pool,
-    forked with the handlers) turn SIGTERM into a flag and outlive pool.terminate()."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    """A training script's main() run in this process (by a test or a module fixture) installs Ctrl-C / SIGTERM
+    handlers (model.session): put pytest's back after every test, so that no later test's child processes (a
+    multiprocessing pool, forked with the handlers) turn SIGTERM into a flag and outlive pool.terminate()."""
     yield
-    for s, handler in handlers.items():
+    for s, handler in PYTEST_HANDLERS.items():
         signal.signal(s, handler)

@@ -2,7 +2,6 @@
 merges and unmerges exactly, and computes what peft computes given the same adapter weights."""
 import copy
 import json
-import signal
 import sys
 
 import pytest
@@ -156,16 +155,13 @@ def test_same_logits_as_peft_with_the_same_adapter_weights(use_moe):
 
 
 def run_script(module, *argv):
-    """Run a train script's main() in this process (no second interpreter and imports to wait for),
-    putting back the argv and the Ctrl-C / SIGTERM handlers that its Session installs."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    """Run a train script's main() in this process (no second interpreter and imports to wait for), putting
+    back the argv (tests/conftest.py puts back the Ctrl-C / SIGTERM handlers its Session installs)."""
     saved_argv, sys.argv = sys.argv, [module.__file__, *argv]
     try:
         module.main()
     finally:
         sys.argv = saved_argv
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
 
 
 TINY_RUN = ["--hidden_size", "32", "--max_seq_len", "160", "--batch_size", "4", "--dtype", "float32",
