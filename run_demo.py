@@ -24,9 +24,6 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO = os.path.join(ROOT, "dataset", "demo")
 
 
-# The demo's vision encoder, trained from scratch: a tiny ViT for 64x64 pictures (8x8 patches).
-DEMO_ENCODER = ["--image_size", "64", "--patch_size", "8", "--hidden_size", "128", "--num_hidden_layers", "3",
-                "--num_attention_heads", "4"]
 
 
 @dataclass
@@ -65,24 +62,25 @@ def demo_stages(args) -> list[Stage]:
                                                        "--learning_rate", "1e-3"], ckpt("full_sft"),
               note="Short chats packed several to a 256-token window, each learning only its replies."),
         Stage("pretrain_vlm", "train_pretrain_vlm.py", vlm + [
-            "--from_weight", ckpt("full_sft"), "--vision_model", os.path.join(out, "vision_encoder"), "--train_vision",
-            "--train_llm", "all", "--image_pool", "2", "--center_features", "--epochs", "1", "--learning_rate", "1e-3"],
+            "--from_weight", ckpt("full_sft"), "--vision_model", os.path.join(out, "vision_encoder"),
+            "--train_llm", "all", "--center_features", "--epochs", "2", "--learning_rate", "1e-3"],
               ckpt("pretrain_vlm"), vision=True,
               note="MiniMind-V, stage 1: the SFT model learns to caption 64x64 pictures of shapes. Its vision "
-                   "encoder (a 3-layer ViT with 8x8 patches, pooled 2x2 to 16 tokens per image) starts from random "
-                   "weights and trains with the projection (--train_vision; a real CLIP stays frozen). The LLM "
-                   "trains too (--train_llm all, where the script's default freezes it): the demo's LLM has never "
-                   "seen a word for a shape or a colour, and a frozen one cannot learn to say them (its caption "
-                   "loss stayed at 7.5). --center_features subtracts each image's mean patch feature: without it "
-                   "the from-scratch encoder's features are dominated by what all patches share, and the model "
-                   "stayed at chance."),
+                   "encoder is the demo's stand-in for a downloaded CLIP: a 3-layer ViT with 16x16 patches (16 "
+                   "tokens per picture), pretrained just before on fresh training-safe pictures to tell each patch's "
+                   "shape kind and colour (scripts/pretrain_demo_vision.py), then frozen as a real CLIP would be. "
+                   "The LLM trains too (--train_llm all, where the script's default freezes it): the demo's LLM has "
+                   "never seen a word for a shape or a colour, and a frozen one cannot learn to say them (its "
+                   "caption loss stayed at 7.5). --center_features subtracts each picture's mean patch feature, "
+                   "which is mostly the background."),
         Stage("sft_vlm", "train_sft_vlm.py", vlm + [
-            "--from_weight", ckpt("pretrain_vlm"), "--train_vision", "--epochs", "1", "--learning_rate", "3e-4"],
+            "--from_weight", ckpt("pretrain_vlm"), "--epochs", "1", "--learning_rate", "3e-4"],
               ckpt("sft_vlm"), vision=True,
               note="MiniMind-V, stage 2: questions about the pictures (what shape, what colour, how many, where, is "
                    "there a ..., do two pictures hold as many shapes), some multi-turn, some with two images; the "
-                   "whole model trains. Held-out: fresh pictures, phrasings never seen in training, and colour/shape, "
-                   "position/shape and count/background combinations no training picture has."),
+                   "LLM and the projection train, the encoder stays frozen. Held-out: fresh pictures, phrasings "
+                   "never seen in training, and colour/shape, position/shape and count/background combinations no "
+                   "training picture has."),
         Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
                                                         "--batch_size", "16", "--learning_rate", "4e-3", "--mix_path",
                                                         os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "3"]
@@ -467,7 +465,8 @@ def write_report(stages: list[Stage], args, path: str, total_seconds: float):
         if rl and rl.get("curve"):
             lines += [f"![{s.name} reward]({os.path.relpath(rl['curve'], os.path.dirname(path))})", ""]
         if s.results.get("prep"):
-            lines += [f"Before it: `python {shlex.join(s.results['prep'])}`", ""]
+            took = f" ({s.results['prep_seconds'] / 60:.1f} min)" if "prep_seconds" in s.results else ""
+            lines += [f"Before it{took}: `python {shlex.join(s.results['prep'])}`", ""]
         for question, reply, answer, right, pictures in s.results.get("vision", {}).get("samples", []):
             shown = " ".join(f"![picture]({p})" for p in pictures)
             lines.append(f"- {shown} **Q:** {question}  \n  **A:** {' '.join(reply.split())[:200]} "
@@ -525,14 +524,16 @@ def main():
     for stage in stages:
         rl = stage.script in ("train_grpo.py", "train_ppo.py")  # train_agent.py has its own table (tool_use)
         passes = group_pass_rates(stage, args) if rl else None
-        prep = None
-        if stage.name == "pretrain_vlm":  # its vision encoder starts from random weights: make the folder first
-            prep = ["scripts/make_vision_encoder.py", flag(stage, "--vision_model"), *DEMO_ENCODER]
+        prep, prep_seconds = None, {}
+        if stage.name == "pretrain_vlm":  # the demo's stand-in for a downloaded CLIP: pretrain it first
+            prep = ["scripts/pretrain_demo_vision.py", flag(stage, "--vision_model")]
             print(f"\n=== vision encoder: python {shlex.join(prep)}", flush=True)
+            begun = time.time()
             subprocess.run([sys.executable, *prep], cwd=ROOT, check=True)
+            prep_seconds = {"prep_seconds": time.time() - begun}
         seconds = run_stage(stage, args, log_dir)
         numbers = vision_measure(stage, args) if stage.vision else measure(stage, args, rows)
-        stage.results = {"seconds": seconds, "prep": prep, **training_numbers(stage), **numbers}
+        stage.results = {"seconds": seconds, "prep": prep, **prep_seconds, **training_numbers(stage), **numbers}
         if rl:
             stage.results["rl"] = {"passes": passes, **rl_numbers(stage), "curve": reward_curve(stage)}
         if stage.name == "agent":

@@ -348,31 +348,43 @@ CAPTION_PROMPTS = {"en": ("Describe the picture.", "What is in this image?", "De
 QUESTIONS = {
     "shape": {
         "en": {"train": ("What shape is in the picture?", "What shape is this?", "Which shape do you see?",
-                         "What is the shape in the image?"),
+                         "What is the shape in the image?",
+                         "Which shape is drawn?", "Tell me what shape this is.", "What shape can be seen here?",
+                         "Say which shape the picture shows."),
                "heldout": ("Can you tell me which shape is drawn here?", "Name the shape shown in this image.",
                            "What kind of shape appears here?")},
-        "zh": {"train": ("图中是什么形状？", "这是什么形状？", "图片里的图形是什么形状？", "你看到了什么形状？"),
+        "zh": {"train": ("图中是什么形状？", "这是什么形状？", "图片里的图形是什么形状？", "你看到了什么形状？",
+                         "画的是什么形状？", "告诉我这是哪种形状。", "这个图形是什么形状的？", "图上是哪种图形？"),
                "heldout": ("请说出图上画的是哪种形状。", "这张图里画着什么图形？", "图片上的是哪一种形状？")}},
     "colour": {
         "en": {"train": ("What colour is the shape?", "What color is the shape?", "Which colour is it?",
-                         "What is the colour of the shape in the picture?"),
+                         "What is the colour of the shape in the picture?",
+                         "Which color is the shape?", "Tell me what colour it is.", "What color is it painted?",
+                         "Say the colour of the object."),
                "heldout": ("Tell me the colour of the shape.", "What color has the object been painted?",
                            "Which color is the shape drawn in?")},
-        "zh": {"train": ("这个图形是什么颜色？", "图形是什么颜色的？", "图中的图形是哪种颜色？", "它是什么颜色？"),
+        "zh": {"train": ("这个图形是什么颜色？", "图形是什么颜色的？", "图中的图形是哪种颜色？", "它是什么颜色？",
+                         "形状是什么颜色？", "告诉我图形的颜色。", "这个形状涂成了什么颜色？", "图上的图形用的是什么颜色？"),
                "heldout": ("请说出图形的颜色。", "画中的形状涂的是什么颜色？", "这个形状用了哪种颜色？")}},
     "count": {
         "en": {"train": ("How many shapes are there?", "How many shapes are in the picture?",
-                         "Count the shapes in the image.", "How many objects can you see?"),
+                         "Count the shapes in the image.", "How many objects can you see?",
+                         "How many figures are there?", "Tell me the number of shapes.",
+                         "How many shapes does the image contain?", "What number of shapes is drawn?"),
                "heldout": ("What is the number of shapes shown here?", "Tell me how many shapes this image contains.",
                            "How many figures are drawn in total?")},
-        "zh": {"train": ("图中有几个图形？", "图片里一共有多少个图形？", "数一数图中有几个图形。", "这张图里有几个形状？"),
+        "zh": {"train": ("图中有几个图形？", "图片里一共有多少个图形？", "数一数图中有几个图形。", "这张图里有几个形状？",
+                         "图上画了几个形状？", "告诉我图形的个数。", "画面里有多少个图形？", "一共画了几个图形？"),
                "heldout": ("请告诉我图上画了多少个形状。", "画面中总共有几个图形？", "这幅图包含几个图形？")}},
     "position": {
         "en": {"train": ("Where is the shape?", "Where is the shape in the picture?",
-                         "In which part of the image is the shape?", "Where is the shape located?"),
+                         "In which part of the image is the shape?", "Where is the shape located?",
+                         "Where is the shape drawn?", "Tell me the position of the shape.",
+                         "Where can you see the shape?", "Which part of the image holds the shape?"),
                "heldout": ("Which part of the picture is the shape in?", "Tell me where the shape is placed.",
                            "Where in the image can the shape be found?")},
-        "zh": {"train": ("图形在哪里？", "图形在图片的什么位置？", "这个图形位于哪里？", "图形在图中哪个位置？"),
+        "zh": {"train": ("图形在哪里？", "图形在图片的什么位置？", "这个图形位于哪里？", "图形在图中哪个位置？",
+                         "形状画在哪里？", "告诉我图形的位置。", "图形在画面的哪个部分？", "这个形状在图上的什么地方？"),
                "heldout": ("请说出图形所在的位置。", "这个形状画在图片的哪个部分？", "形状出现在画面的什么地方？")}},
     "exists": {
         "en": {"train": ("Is there a {c} {s} in the picture?", "Can you see a {c} {s}?",
@@ -701,6 +713,15 @@ class VLMData:
     turns: dict[str, list[list[tuple]]]  # chat file -> per row, the (kind, value) of each answer
 
 
+def evaluation_scenes(seed: int):
+    """(validation pictures, their names, held-out pictures, held-out rows): made first, since they never
+    depend on the scale, and every training picture avoids them (`heldout.avoid` holds both sets' keys)."""
+    val = FreshScenes(rng_for(seed, "vlm-val-scenes"), "val")
+    val_names = val_scenes(val.rng, val, VAL_IMAGES)
+    heldout = FreshScenes(rng_for(seed, "vlm-heldout-scenes"), "heldout", val.avoid)
+    return val, val_names, heldout, heldout_rows(heldout.rng, heldout, HELDOUT_PER_KIND_LANG)
+
+
 def build_vlm_data(seed: int = 42, scale: float = 1.0) -> VLMData:
     """Every picture and row, in memory. Each part draws from its own random stream."""
     if scale <= 0:
@@ -708,11 +729,7 @@ def build_vlm_data(seed: int = 42, scale: float = 1.0) -> VLMData:
     rows = lambda n: round(n * scale)  # noqa: E731
     if rows(TRAIN_IMAGES) < 40:  # compare rows need two pictures of each count
         raise ValueError(f"scale {scale} is too small: at least {40 / TRAIN_IMAGES} gives 40 training pictures")
-    # Held-out and validation pictures first: they never depend on the scale, and training avoids them.
-    val = FreshScenes(rng_for(seed, "vlm-val-scenes"), "val")
-    val_names = val_scenes(val.rng, val, VAL_IMAGES)
-    heldout = FreshScenes(rng_for(seed, "vlm-heldout-scenes"), "heldout", val.avoid)
-    eval_rows = heldout_rows(heldout.rng, heldout, HELDOUT_PER_KIND_LANG)
+    val, val_names, heldout, eval_rows = evaluation_scenes(seed)
     scenes = training_scenes(rng_for(seed, "vlm-train-scenes"), rows(TRAIN_IMAGES), heldout.avoid)
     train = {f"train_{i:06d}.png": s for i, s in enumerate(scenes)}
 
@@ -726,6 +743,26 @@ def build_vlm_data(seed: int = 42, scale: float = 1.0) -> VLMData:
 
 
 TRAINING_FILES = ("pretrain_vlm.jsonl", "sft_vlm.jsonl")
+
+
+# ---- the vision encoder's own pretraining (the demo's stand-in for a downloaded CLIP) ----
+def encoder_scenes(n: int, seed: int = 42) -> tuple[list[Scene], list[Scene]]:
+    """(n fresh training-safe pictures, the validation pictures) for pretraining the demo's vision encoder:
+    like the VLM's training pictures, none equal to a validation or held-out one, no withheld combination."""
+    val, _, heldout, _ = evaluation_scenes(seed)
+    return training_scenes(rng_for(seed, "vlm-encoder-scenes"), n, heldout.avoid), list(val.scenes.values())
+
+
+def cell_labels(scene: Scene, grid: int, min_pixels: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(kind, colour) per cell of a grid x grid split of the picture, row-major: 1 + the index in SHAPES /
+    COLOURS of the shape with the most pixels in the cell, 0 where no shape has `min_pixels` there."""
+    cell = SIZE // grid
+    kind, colour, most = (np.zeros(grid * grid, dtype=np.int64) for _ in range(3))
+    for shape in scene.shapes:
+        pixels = shape_mask(shape).reshape(grid, cell, grid, cell).sum((1, 3)).reshape(-1)
+        mine = (pixels > most) & (pixels >= min_pixels)
+        kind[mine], colour[mine], most[mine] = 1 + SHAPES.index(shape.kind), 1 + COLOURS.index(shape.colour), pixels[mine]
+    return kind, colour
 
 
 def user_texts(rows: list[dict]):

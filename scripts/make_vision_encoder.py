@@ -1,11 +1,12 @@
 """Write a randomly initialised vision encoder folder (CLIP or SigLIP, Hugging Face format, with its image
 processor), for MiniMind-V runs that train their encoder from scratch (--train_vision) or for benchmarks.
 
-    python scripts/make_vision_encoder.py out/demo/vision_encoder --image_size 64 --patch_size 8 \
-        --hidden_size 128 --num_hidden_layers 3 --num_attention_heads 4     # the demo's tiny ViT
     python scripts/make_vision_encoder.py /tmp/vit-b16                       # ViT-B/16's shape (224 px, 196 tokens)
+    python scripts/make_vision_encoder.py /tmp/tiny --image_size 64 --patch_size 16 \
+        --hidden_size 128 --num_hidden_layers 3 --num_attention_heads 4     # the demo encoder's shape, untrained
 
-A downloaded CLIP or SigLIP folder needs none of this: pass it to --vision_model as it is.
+A downloaded CLIP or SigLIP folder needs none of this: pass it to --vision_model as it is. The demo's encoder is
+pretrained on its pictures by scripts/pretrain_demo_vision.py.
 """
 import argparse
 import os

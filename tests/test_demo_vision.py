@@ -299,3 +299,46 @@ def test_demo_vlm_dir_generates_once(tmp_path, monkeypatch):
 def test_scale_must_leave_pictures_to_compare():
     with pytest.raises(ValueError):
         build_vlm_data(SEED, 0.001)
+
+
+def test_cell_labels_name_the_shape_covering_most_of_each_cell():
+    # A large red square centred on the 4x4 grid's corner between cells 5, 6, 9, 10 (16 px cells).
+    square = vision.Shape("square", "red", "large", "center", 32, 32)
+    kind, colour = vision.cell_labels(vision.Scene((square,), "white"), 4)
+    mask = shape_mask(square).reshape(4, 16, 4, 16).sum((1, 3)).reshape(-1)
+    assert set(np.flatnonzero(mask)) == {5, 6, 9, 10}
+    assert list(np.flatnonzero(kind)) == [5, 6, 9, 10]
+    assert set(kind[[5, 6, 9, 10]]) == {1 + SHAPES.index("square")} and set(colour[[5, 6, 9, 10]]) == {1 + COLOURS.index("red")}
+    assert not colour[[0, 1, 2, 3, 15]].any()
+    # On a finer grid a cell that the shape barely touches (< min_pixels) stays empty.
+    kind8, _ = vision.cell_labels(vision.Scene((square,), "white"), 8, min_pixels=10**6)
+    assert not kind8.any()
+
+
+def test_encoder_scenes_are_fresh_and_training_safe():
+    train, val = vision.encoder_scenes(300, seed=SEED)
+    data = build_vlm_data(SEED, SCALE)
+    shown = {s.key() for n, s in data.scenes.items() if not n.startswith("train_")}
+    assert len(train) == 300 and len(val) == vision.VAL_IMAGES
+    assert not [s for s in train if withheld_in(s) or s.key() in shown]
+    assert {s.key() for s in val} <= shown  # validation: the demo's own validation pictures
+    assert {s.count for s in train} == set(COUNTS)
+
+
+def test_pretrain_demo_vision_writes_an_encoder_folder_that_learned(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from model.vision import load_vision_encoder, patch_grid
+    from tests.helpers import ROOT
+    folder = tmp_path / "encoder"
+    run = subprocess.run([sys.executable, "scripts/pretrain_demo_vision.py", str(folder), "--steps", "80",
+                          "--pictures", "400", "--batch_size", "32", "--hidden_size", "64", "--num_hidden_layers", "2",
+                          "--log_interval", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    colour = [float(c) for c in re.findall(r"colour ([0-9.]+)", run.stdout)]
+    assert len(colour) == 4 and colour[-1] > max(colour[0] + 0.2, 0.5), run.stdout  # chance: 1/7
+    encoder, processor = load_vision_encoder(str(folder))  # the VLM stages' own loading path
+    assert patch_grid(encoder) == 4 and processor.crop_size["height"] == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]  # no temp folder left behind

@@ -64,7 +64,8 @@ def test_report_card_shows_the_vision_table_with_chance_and_pictures(tmp_path):
     accuracy = {"shape": 0.75, "exists": 0.875, "overall": 0.8, "shape (unseen combo)": 0.5,
                 "exists (unseen combo)": 1.0, "overall (unseen combo)": 0.7}
     results = {"seconds": 60.0, "steps": 10, "tokens": 1000, "tok_per_s": 500.0, "train_loss": 0.5,
-               "curve": str(tmp_path / "none.png"), "prep": ["scripts/make_vision_encoder.py", "enc"],
+               "curve": str(tmp_path / "none.png"), "prep": ["scripts/pretrain_demo_vision.py", "enc"],
+               "prep_seconds": 150.0,
                "vision": {"accuracy": accuracy, "chance": chance,
                           "samples": [("What shape?", "A circle.", "circle", True, ["report_images/a.png"])]}}
     args = argparse.Namespace(preset="demo", hidden_size=256, num_hidden_layers=4, device="cpu", nproc=1)
@@ -76,5 +77,5 @@ def test_report_card_shows_the_vision_table_with_chance_and_pictures(tmp_path):
     assert "| sft_vlm | 75.0% | 87.5% | 80.0% |" in text
     assert "| sft_vlm, unseen | 50.0% | 100.0% | 70.0% |" in text
     assert "| chance (majority / uniform) | 20.0% / 16.7% | 50.0% / 50.0% | |" in text
-    assert "`python scripts/make_vision_encoder.py enc`" in text
+    assert "Before it (2.5 min): `python scripts/pretrain_demo_vision.py enc`" in text
     assert "![picture](report_images/a.png) **Q:** What shape?" in text and "(right; expected: circle)" in text
