@@ -24,8 +24,6 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEMO = os.path.join(ROOT, "dataset", "demo")
 
 
-
-
 @dataclass
 class Stage:
     name: str  # the report's name for it
