@@ -27,12 +27,9 @@ import argparse
 import os
 import sys
 
-import torch
-from torch.utils.data import ConcatDataset, Subset
-
 from demo import data_paths
 from model.checkpoint import build_model, checkpoint_path, load_tokenizer
-from model.dataloader import load_datasets
+from model.dataloader import load_datasets, with_replay
 from model.dataset import SFTDataset
 from model.model_lora import apply_lora, count_parameters, default_targets, save_lora
 from model.quant import quantize_nf4_, weight_bytes
@@ -74,10 +71,7 @@ def main():
                                          skip_bad=args.skip_bad)
     if args.mix_path:
         replay, _ = load_datasets(SFTDataset, args.mix_path, None, tokenizer, args.max_seq_len, skip_bad=args.skip_bad)
-        picked = torch.randperm(len(replay), generator=torch.Generator().manual_seed(args.seed))
-        picked = picked[:int(args.mix_ratio * len(train_data))].tolist()
-        run.print(f"data: {len(train_data)} LoRA chats + {len(picked)} replayed from {args.mix_path}")
-        train_data = ConcatDataset([train_data, Subset(replay, picked)])
+        train_data = with_replay(train_data, replay, args.mix_ratio, args.seed, run, args.mix_path)
     model = build_model(args, run, tokenizer)
     if args.quantize == "nf4":  # before the adapters, which go on top of the 4-bit layers
         before = weight_bytes(model)

@@ -74,6 +74,20 @@ def steps_per_epoch(dataset, args, run) -> int:
     return len(dataset) // (args.batch_size * run.world_size) // args.accumulation_steps
 
 
+def with_replay(train, replay, ratio: float, seed: int, run, path: str):
+    """`train` and, beside it, int(ratio * len(train)) samples of `replay` (at most all of them, drawn once
+    with `seed`): earlier data replayed so that a new stage does not forget what the earlier one taught
+    (LoRA's general chats, the VLM question stage's captions). The mix keeps `train`'s own collate."""
+    from torch.utils.data import ConcatDataset, Subset
+    picked = torch.randperm(len(replay), generator=torch.Generator().manual_seed(seed))
+    picked = picked[:int(ratio * len(train))].tolist()
+    run.print(f"data: {len(train)} samples + {len(picked)} replayed from {path}")
+    mixed = ConcatDataset([train, Subset(replay, picked)])
+    if hasattr(train, "collate"):
+        mixed.collate = train.collate
+    return mixed
+
+
 def load_datasets(dataset_class, train_path: str, val_path: str | None, tokenizer, max_seq_len: int,
                   pack_chats: bool = False, seed: int = 0, **kwargs):
     """(train, validation or None) datasets of one class; kwargs (skip_bad=...) go to the class. `pack_chats`

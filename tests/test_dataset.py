@@ -320,3 +320,24 @@ def test_pretokenize_resumes_and_reports_bad_lines(tok, tmp_path, monkeypatch):
     fresh = PretrainDataset(write_jsonl(tmp_path / "q.jsonl", rows), tok, 32)
     resumed = PretrainDataset(str(tmp_path / "p.bin"), tok, 32)
     assert all(torch.equal(fresh[i]["input_ids"], resumed[i]["input_ids"]) for i in range(40))
+
+
+def test_replay_adds_a_seeded_share_of_the_old_data_and_keeps_the_collate(capsys):
+    from model.dataloader import with_replay
+    from model.runtime import Run
+
+    class Rows(list):  # a dataset with its own collate, as VLMDataset has
+        def collate(self, samples):
+            return {"rows": samples}
+
+    new, old = Rows(f"new{i}" for i in range(40)), [f"old{i}" for i in range(30)]
+    cpu = Run(torch.device("cpu"), torch.float32)
+    mixed = with_replay(new, old, 0.25, seed=3, run=cpu, path="old.jsonl")
+    replayed = [mixed[i] for i in range(40, len(mixed))]
+    assert len(mixed) == 50 and [mixed[i] for i in range(40)] == list(new)
+    assert len(set(replayed)) == 10 and set(replayed) <= set(old)  # drawn without repetition
+    assert replayed == [with_replay(new, old, 0.25, 3, cpu, "old.jsonl")[i] for i in range(40, 50)]  # seeded
+    assert replayed != [with_replay(new, old, 0.25, 4, cpu, "old.jsonl")[i] for i in range(40, 50)]
+    assert mixed.collate(["a"]) == {"rows": ["a"]}
+    assert len(with_replay(new, old, 2.0, 3, cpu, "old.jsonl")) == 70  # at most all of the old data
+    assert "data: 40 samples + 10 replayed from old.jsonl" in capsys.readouterr().out

@@ -372,8 +372,9 @@ def colour_rows(names, phrasing="What colour is it?"):
 
 def test_two_stages_freeze_what_they_should_and_the_vlm_learns_to_see(clip_dir, tmp_path):
     """Stage 1 (--train_llm 1): only the last block and the projection change, the frozen encoder stays out of
-    the checkpoint. Stage 2 (--train_vision, whole LLM): the encoder trains and travels in the checkpoint, and
-    the model names the colour of images it never saw (other shades, noise)."""
+    the checkpoint. Stage 2 (--train_vision, whole LLM, a quarter as many rows replayed from another file): the
+    encoder trains and travels in the checkpoint, and the model names the colour of images it never saw (other
+    shades, noise)."""
     from tests.helpers import save_checkpoint
     llm = tiny_model(seed=0)
     llm_path = save_checkpoint(llm, tmp_path, "full_sft")
@@ -391,9 +392,10 @@ def test_two_stages_freeze_what_they_should_and_the_vlm_learns_to_see(clip_dir, 
     assert not torch.equal(stage1["model.layers.1.mlp.up_proj.weight"].float(),
                            before["model.layers.1.mlp.up_proj.weight"].half().float())  # the last block trains
 
+    replay = write_jsonl(tmp_path / "replay.jsonl", colour_rows(names[:16], "Which colour is this?"))
     log = run_script("train_sft_vlm.py", "--from_weight", str(tmp_path / "pretrain_vlm_64.pth"), "--train_vision",
-                     "--epochs", "12", "--learning_rate", "3e-3", *common)
-    assert "vision encoder" in log
+                     "--epochs", "12", "--learning_rate", "3e-3", "--mix_path", replay, "--mix_ratio", "0.25", *common)
+    assert "vision encoder" in log and "data: 48 samples + 12 replayed from" in log
     stage2 = read_state_dict(str(tmp_path / "sft_vlm_64.pth"))
     encoder, _ = load_vision_encoder(clip_dir)
     assert not torch.equal(stage2["vision_encoder.encoder.layers.0.mlp.fc1.weight"].float(),
