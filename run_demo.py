@@ -72,13 +72,16 @@ def demo_stages(args) -> list[Stage]:
                    "caption loss stayed at 7.5). --center_features subtracts each picture's mean patch feature, "
                    "which is mostly the background."),
         Stage("sft_vlm", "train_sft_vlm.py", vlm + [
-            "--from_weight", ckpt("pretrain_vlm"), "--epochs", "1", "--learning_rate", "3e-4"],
+            "--from_weight", ckpt("pretrain_vlm"), "--epochs", "2", "--learning_rate", "3e-4",
+            "--mix_path", os.path.join(DEMO, "vlm", "pretrain_vlm.jsonl"), "--mix_ratio", "0.25"],
               ckpt("sft_vlm"), vision=True,
               note="MiniMind-V, stage 2: questions about the pictures (what shape, what colour, how many, where, is "
                    "there a ..., do two pictures hold as many shapes), some multi-turn, some with two images; the "
-                   "LLM and the projection train, the encoder stays frozen. Held-out: fresh pictures, phrasings "
-                   "never seen in training, and colour/shape, position/shape and count/background combinations no "
-                   "training picture has."),
+                   "LLM and the projection train, the encoder stays frozen; one caption row is replayed per four "
+                   "questions (--mix_path), or the stage forgets the shape names the captions taught. Yes/no "
+                   "replies first say what they looked at (the shapes; both counts), then the verdict. Held-out: "
+                   "fresh pictures, phrasings never seen in training, and colour/shape, position/shape and "
+                   "count/background combinations no training picture has."),
         Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
                                                         "--batch_size", "16", "--learning_rate", "4e-3", "--mix_path",
                                                         os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "3"]

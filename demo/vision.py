@@ -65,7 +65,7 @@ VAL_IMAGES, VAL_ROWS = 200, 200
 HELDOUT_PER_KIND_LANG = 60
 TRAIN_COUNT_MIX = {1: 0.4, 2: 0.2, 3: 0.2, 4: 0.2}  # single shapes answer shape, colour and position questions
 SFT_MIX = {"shape": 0.125, "colour": 0.125, "count": 0.125, "position": 0.125, "exists": 0.125,
-           "multi_turn": 0.3, "compare": 0.075}
+           "multi_turn": 0.275, "compare": 0.1}
 
 # ---- pictures ----
 SIZE = 64
@@ -348,61 +348,83 @@ CAPTION_PROMPTS = {"en": ("Describe the picture.", "What is in this image?", "De
 QUESTIONS = {
     "shape": {
         "en": {"train": ("What shape is in the picture?", "What shape is this?", "Which shape do you see?",
-                         "What is the shape in the image?",
-                         "Which shape is drawn?", "Tell me what shape this is.", "What shape can be seen here?",
-                         "Say which shape the picture shows."),
+                         "What is the shape in the image?", "Which shape is drawn?", "Tell me what shape this is.",
+                         "What shape can be seen here?", "Say which shape the picture shows.",
+                         "Can you name this shape?", "Please say what shape you see.", "What kind of figure is this?",
+                         "Identify the shape in the picture."),
                "heldout": ("Can you tell me which shape is drawn here?", "Name the shape shown in this image.",
                            "What kind of shape appears here?")},
         "zh": {"train": ("图中是什么形状？", "这是什么形状？", "图片里的图形是什么形状？", "你看到了什么形状？",
-                         "画的是什么形状？", "告诉我这是哪种形状。", "这个图形是什么形状的？", "图上是哪种图形？"),
+                         "画的是什么形状？", "告诉我这是哪种形状。", "这个图形是什么形状的？", "图上是哪种图形？",
+                         "这是什么图形？", "请说出这个图形的形状。", "图中画的是哪一种图形？",
+                         "你能认出这是什么形状吗？"),
                "heldout": ("请说出图上画的是哪种形状。", "这张图里画着什么图形？", "图片上的是哪一种形状？")}},
     "colour": {
         "en": {"train": ("What colour is the shape?", "What color is the shape?", "Which colour is it?",
-                         "What is the colour of the shape in the picture?",
-                         "Which color is the shape?", "Tell me what colour it is.", "What color is it painted?",
-                         "Say the colour of the object."),
+                         "What is the colour of the shape in the picture?", "Which color is the shape?",
+                         "Tell me what colour it is.", "What color is it painted?", "Say the colour of the object.",
+                         "Can you tell me what colour the shape is?", "Name the colour of the shape.",
+                         "What kind of colour does the shape have?", "Please say which colour you see."),
                "heldout": ("Tell me the colour of the shape.", "What color has the object been painted?",
                            "Which color is the shape drawn in?")},
         "zh": {"train": ("这个图形是什么颜色？", "图形是什么颜色的？", "图中的图形是哪种颜色？", "它是什么颜色？",
-                         "形状是什么颜色？", "告诉我图形的颜色。", "这个形状涂成了什么颜色？", "图上的图形用的是什么颜色？"),
+                         "形状是什么颜色？", "告诉我图形的颜色。", "这个形状涂成了什么颜色？",
+                         "图上的图形用的是什么颜色？", "请说出这个图形是什么颜色。", "你能告诉我图形的颜色吗？",
+                         "图中画的图形是哪一种颜色？", "这个图形涂的是哪种颜色？"),
                "heldout": ("请说出图形的颜色。", "画中的形状涂的是什么颜色？", "这个形状用了哪种颜色？")}},
     "count": {
         "en": {"train": ("How many shapes are there?", "How many shapes are in the picture?",
                          "Count the shapes in the image.", "How many objects can you see?",
                          "How many figures are there?", "Tell me the number of shapes.",
-                         "How many shapes does the image contain?", "What number of shapes is drawn?"),
+                         "How many shapes does the image contain?", "What number of shapes is drawn?",
+                         "Can you tell me how many shapes there are?", "Name the number of shapes.",
+                         "Please count the figures.", "What number of objects do you see?"),
                "heldout": ("What is the number of shapes shown here?", "Tell me how many shapes this image contains.",
                            "How many figures are drawn in total?")},
-        "zh": {"train": ("图中有几个图形？", "图片里一共有多少个图形？", "数一数图中有几个图形。", "这张图里有几个形状？",
-                         "图上画了几个形状？", "告诉我图形的个数。", "画面里有多少个图形？", "一共画了几个图形？"),
+        "zh": {"train": ("图中有几个图形？", "图片里一共有多少个图形？", "数一数图中有几个图形。",
+                         "这张图里有几个形状？", "图上画了几个形状？", "告诉我图形的个数。", "画面里有多少个图形？",
+                         "一共画了几个图形？", "请说出图中有几个图形。", "你能数出有多少个形状吗？",
+                         "图上一共有几个图形？", "这幅画里画了多少个图形？"),
                "heldout": ("请告诉我图上画了多少个形状。", "画面中总共有几个图形？", "这幅图包含几个图形？")}},
     "position": {
         "en": {"train": ("Where is the shape?", "Where is the shape in the picture?",
                          "In which part of the image is the shape?", "Where is the shape located?",
                          "Where is the shape drawn?", "Tell me the position of the shape.",
-                         "Where can you see the shape?", "Which part of the image holds the shape?"),
+                         "Where can you see the shape?", "Which part of the image holds the shape?",
+                         "Can you tell me where the shape is?", "Name the part of the image where the shape is.",
+                         "Please say where the shape is.", "In what part of the picture is the shape drawn?"),
                "heldout": ("Which part of the picture is the shape in?", "Tell me where the shape is placed.",
                            "Where in the image can the shape be found?")},
         "zh": {"train": ("图形在哪里？", "图形在图片的什么位置？", "这个图形位于哪里？", "图形在图中哪个位置？",
-                         "形状画在哪里？", "告诉我图形的位置。", "图形在画面的哪个部分？", "这个形状在图上的什么地方？"),
+                         "形状画在哪里？", "告诉我图形的位置。", "图形在画面的哪个部分？",
+                         "这个形状在图上的什么地方？", "请说出图形在哪里。", "你能告诉我形状在哪个位置吗？",
+                         "图中的图形画在什么位置？", "这个图形在图片的哪个区域？"),
                "heldout": ("请说出图形所在的位置。", "这个形状画在图片的哪个部分？", "形状出现在画面的什么地方？")}},
     "exists": {
         "en": {"train": ("Is there a {c} {s} in the picture?", "Can you see a {c} {s}?",
-                         "Does the image contain a {c} {s}?", "Is there a {c} {s}?"),
+                         "Does the image contain a {c} {s}?", "Is there a {c} {s}?", "Is a {c} {s} drawn here?",
+                         "Can you tell me if the picture has a {c} {s}?", "Please check for a {c} {s}.",
+                         "Do you see any {c} {s} in the image?"),
                "heldout": ("Do you spot any {c} {s} here?", "Tell me whether a {c} {s} is drawn.",
                            "Does a {c} {s} appear in this image?")},
-        "zh": {"train": ("图中有{c}{s}吗？", "图片里有没有{c}{s}？", "你能看到{c}{s}吗？", "这张图里有{c}{s}吗？"),
+        "zh": {"train": ("图中有{c}{s}吗？", "图片里有没有{c}{s}？", "你能看到{c}{s}吗？", "这张图里有{c}{s}吗？",
+                         "图上画了{c}{s}吗？", "请看看图中是否有{c}{s}。", "图里是不是有{c}{s}？", "图中能不能看到{c}{s}？"),
                "heldout": ("画面中是否出现了{c}{s}？", "请判断图上是否画有{c}{s}。", "图片里能找到{c}{s}吗？")}},
     "compare": {
         "en": {"train": ("Do the two pictures have the same number of shapes?",
                          "Are there equally many shapes in both images?",
                          "Do both pictures contain the same number of shapes?",
-                         "Is the number of shapes the same in the two images?"),
+                         "Is the number of shapes the same in the two images?",
+                         "Can you tell me if both images have the same number of shapes?",
+                         "Do the two images hold equally many figures?",
+                         "Please check whether the two pictures have as many shapes.",
+                         "Is the count of shapes equal in these pictures?"),
                "heldout": ("Do these two images show an equal count of shapes?",
                            "Tell me whether both pictures hold as many shapes as each other.",
                            "Is the shape count identical across the two pictures?")},
         "zh": {"train": ("两张图片中的图形数量一样吗？", "这两张图里的图形一样多吗？", "两幅图的图形个数相同吗？",
-                         "两张图中图形的数量是否相同？"),
+                         "两张图中图形的数量是否相同？", "两张图的图形个数是否一样？", "请比较两张图里图形的数量。",
+                         "这两张图上的形状一样多吗？", "两幅画中图形的数目相等吗？"),
                "heldout": ("请判断两张图上的形状数目是否相等。", "这两幅画里的图形数一样不一样？",
                            "比较两张图，图形的个数相等吗？")}},
 }
@@ -415,8 +437,20 @@ def count_phrase(n: int, lang: str) -> str:
     return f"{NAMES['en']['count'][n]} shape{'s' if n > 1 else ''}"
 
 
-def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=None) -> str:
-    """A reference reply naming exactly one value of its kind (tests check that the scorer agrees)."""
+def listed(pairs: list[tuple[str, str]], lang: str) -> str:
+    """(colour, shape) pairs as a list in words: "a red circle and a blue square", "红色圆形和蓝色正方形"."""
+    if lang == "en":
+        words = [f"{'an' if c == 'orange' else 'a'} {NAMES['en']['colour'][c]} {NAMES['en']['shape'][s]}"
+                 for c, s in pairs]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    words = [NAMES["zh"]["colour"][c] + NAMES["zh"]["shape"][s] for c, s in pairs]
+    return words[0] if len(words) == 1 else "、".join(words[:-1]) + "和" + words[-1]
+
+
+def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=None, scene=None) -> str:
+    """A reference reply naming exactly one value of its kind (tests check that the scorer agrees). The yes/no
+    kinds say what they looked at before the verdict (the shapes in the picture; both counts), as a small model
+    cannot hold the comparison in one token: answered first, its counts were right and its verdict a guess."""
     en = lang == "en"
     if kind in ("shape", "colour"):
         name = NAMES[lang][kind][value]
@@ -432,20 +466,23 @@ def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=Non
         where = NAMES[lang]["position"][value]
         return rng.choice((f"{where.capitalize()}.", f"It is {where}.") if en else (f"在{where}。", f"它位于{where}。"))
     if kind == "exists":
-        thing = " ".join(NAMES["en"][k][v] for k, v in zip(("colour", "shape"), pair)) if en else \
-            "".join(NAMES["zh"][k][v] for k, v in zip(("colour", "shape"), pair))
+        seen, thing = listed([(s.colour, s.kind) for s in reading_order(scene)], lang), listed([pair], lang)
         if en:
-            return rng.choice(("Yes.", f"Yes, there is a {thing}.") if value == "yes" else
-                              ("No.", f"No, there is no {thing}."))
-        return rng.choice(("有。", f"是的，有{thing}。") if value == "yes" else ("没有。", f"没有，图中没有{thing}。"))
+            return rng.choice((f"The picture shows {seen}, so yes.", f"I see {seen}. Yes, there is {thing}.")
+                              if value == "yes" else
+                              (f"The picture shows {seen}, so no.", f"I see {seen}. There is no {' '.join(pair)}, so no."))
+        return rng.choice((f"图中画着{seen}，所以有。", f"图里是{seen}，有{thing}。") if value == "yes" else
+                          (f"图中画着{seen}，所以没有。", f"图里是{seen}，没有{thing}。"))
     if kind == "compare":
-        a, b = counts
+        a, b = (count_phrase(n, lang) for n in counts)
         if en:
-            return rng.choice(("Yes.", f"Yes, both have {count_phrase(a, 'en')}.") if value == "yes" else
-                              ("No.", f"No, the first has {count_phrase(a, 'en')} and the second has "
-                                      f"{count_phrase(b, 'en')}."))
-        return rng.choice(("一样。", f"是的，都是{count_phrase(a, 'zh')}。") if value == "yes" else
-                          ("不一样。", f"不一样，第一张图里是{count_phrase(a, 'zh')}，第二张图里是{NAMES['zh']['count'][b]}个。"))
+            return rng.choice((f"The first picture has {a} and the second has {b}, so yes.",
+                               f"First {a}, second {b}: yes, the same number.") if value == "yes" else
+                              (f"The first picture has {a} and the second has {b}, so no.",
+                               f"First {a}, second {b}: no, the numbers differ."))
+        return rng.choice((f"第一张图里是{a}，第二张图里是{b}，所以一样。", f"第一张是{a}，第二张也是{b}，数量相同。")
+                          if value == "yes" else
+                          (f"第一张图里是{a}，第二张图里是{b}，所以不一样。", f"第一张是{a}，第二张是{b}，数量不同。"))
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -454,11 +491,14 @@ def question(rng: random.Random, kind: str, lang: str, split: str, pair=None) ->
     return text if pair is None else text.format(c=NAMES[lang]["colour"][pair[0]], s=NAMES[lang]["shape"][pair[1]])
 
 
+def reading_order(scene: Scene) -> list[Shape]:
+    return sorted(scene.shapes, key=lambda s: ("top-left", "top-right", "center", "bottom-left",
+                                               "bottom-right").index(s.region))
+
+
 def caption(scene: Scene, lang: str) -> str:
     """Every shape with its size, colour and position, in reading order, and the background."""
-    names = NAMES[lang]
-    shapes = sorted(scene.shapes, key=lambda s: ("top-left", "top-right", "center", "bottom-left",
-                                                 "bottom-right").index(s.region))
+    names, shapes = NAMES[lang], reading_order(scene)
     bg = names["background"][scene.background]
     if lang == "en":
         parts = [f"a {names['size'][s.size]} {s.colour} {s.kind} {names['position'][s.region]}" for s in shapes]
@@ -535,7 +575,7 @@ def exists_turn(rng: random.Random, lang: str, split: str, scene: Scene, value: 
     from `pairs` that it lacks for "no"; never a pair in `asked`."""
     options = sorted(scene.pairs()) if value == "yes" else [p for p in pairs if p not in scene.pairs()]
     pair = rng.choice([p for p in options if p not in asked] or options)
-    return question(rng, "exists", lang, split, pair), reply(rng, "exists", lang, value, pair), pair
+    return question(rng, "exists", lang, split, pair), reply(rng, "exists", lang, value, pair, scene=scene), pair
 
 
 def compare_row(rng: random.Random, pools: Pools, lang: str, split: str, before: bool):
