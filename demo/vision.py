@@ -468,9 +468,10 @@ def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=Non
     if kind == "exists":
         seen, thing = listed([(s.colour, s.kind) for s in reading_order(scene)], lang), listed([pair], lang)
         if en:
-            return rng.choice((f"The picture shows {seen}, so yes.", f"I see {seen}. Yes, there is {thing}.")
-                              if value == "yes" else
-                              (f"The picture shows {seen}, so no.", f"I see {seen}. There is no {' '.join(pair)}, so no."))
+            if value == "yes":
+                return rng.choice((f"The picture shows {seen}, so yes.", f"I see {seen}. Yes, there is {thing}."))
+            return rng.choice((f"The picture shows {seen}, so no.",
+                               f"I see {seen}. There is no {' '.join(pair)}, so no."))
         return rng.choice((f"图中画着{seen}，所以有。", f"图里是{seen}，有{thing}。") if value == "yes" else
                           (f"图中画着{seen}，所以没有。", f"图里是{seen}，没有{thing}。"))
     if kind == "compare":
