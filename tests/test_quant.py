@@ -261,8 +261,10 @@ def test_int8_gives_the_same_greedy_tokens_and_close_logits_through_the_kv_cache
             text = torch.cat([ids[0], int8])[None]
             logits_int8, logits = quantized(text).logits[0], model(text).logits[0]
         assert torch.equal(logits_int8[len(prompt) - 1:-1].argmax(-1), int8)
-        difference = (logits_int8 - logits).abs()  # measured: max 0.5-1% of the largest logit, mean 0.5% of std
-        assert difference.max() < 0.015 * logits.abs().max() and difference.mean() < 0.01 * logits.std()
+        # measured: max 0.5-1% of the largest logit on an AMD EPYC, up to 2% on an Intel Xeon with AMX (where the
+        # float model trains to other weights); mean 0.5% of std on both
+        difference = (logits_int8 - logits).abs()
+        assert difference.max() < 0.03 * logits.abs().max() and difference.mean() < 0.01 * logits.std()
     print(f"\nint8: the same {n_new} greedy tokens as float32 on {same} of {len(prompts)} prompts")
     assert same >= len(prompts) - 1
 
