@@ -439,12 +439,17 @@ def count_phrase(n: int, lang: str) -> str:
 
 def listed(pairs: list[tuple[str, str]], lang: str) -> str:
     """(colour, shape) pairs as a list in words: "a red circle and a blue square", "红色圆形和蓝色正方形"."""
+    words = [named_pair(pair, lang) for pair in pairs]
     if lang == "en":
-        words = [f"{'an' if c == 'orange' else 'a'} {NAMES['en']['colour'][c]} {NAMES['en']['shape'][s]}"
-                 for c, s in pairs]
+        words = [f"{'an' if w[0] in 'aeiou' else 'a'} {w}" for w in words]
         return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-    words = [NAMES["zh"]["colour"][c] + NAMES["zh"]["shape"][s] for c, s in pairs]
     return words[0] if len(words) == 1 else "、".join(words[:-1]) + "和" + words[-1]
+
+
+def named_pair(pair: tuple[str, str], lang: str) -> str:
+    """A (colour, shape) pair in words, without an article: "red circle", "红色圆形"."""
+    colour, shape = NAMES[lang]["colour"][pair[0]], NAMES[lang]["shape"][pair[1]]
+    return f"{colour} {shape}" if lang == "en" else colour + shape
 
 
 def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=None, scene=None) -> str:
@@ -471,7 +476,7 @@ def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=Non
             if value == "yes":
                 return rng.choice((f"The picture shows {seen}, so yes.", f"I see {seen}. Yes, there is {thing}."))
             return rng.choice((f"The picture shows {seen}, so no.",
-                               f"I see {seen}. There is no {' '.join(pair)}, so no."))
+                               f"I see {seen}. There is no {named_pair(pair, lang)}, so no."))
         return rng.choice((f"图中画着{seen}，所以有。", f"图里是{seen}，有{thing}。") if value == "yes" else
                           (f"图中画着{seen}，所以没有。", f"图里是{seen}，没有{thing}。"))
     if kind == "compare":
@@ -493,6 +498,7 @@ def question(rng: random.Random, kind: str, lang: str, split: str, pair=None) ->
 
 
 def reading_order(scene: Scene) -> list[Shape]:
+    """The shapes row by row, left to right, as captions and yes/no replies list them."""
     return sorted(scene.shapes, key=lambda s: ("top-left", "top-right", "center", "bottom-left",
                                                "bottom-right").index(s.region))
 
