@@ -334,7 +334,8 @@ ANSWER_TERMS = {
         "bottom-right": {"en": ("bottom right", "lower right"), "zh": ("右下", "右下方", "右下角")},
         "center": {"en": ("center", "centre", "middle"), "zh": ("中间", "中央", "中心", "正中")}},
     "exists": {"yes": _YES, "no": {"en": _NO["en"], "zh": ("没有",) + _NO["zh"][1:]}},
-    "compare": {"yes": {"en": _YES["en"], "zh": ("一样",) + tuple(w for w in _YES["zh"] if w != "一样")},
+    # "有" is no yes to "are there as many": "共有两个图形" only counts.
+    "compare": {"yes": {"en": _YES["en"], "zh": ("一样",) + tuple(w for w in _YES["zh"] if w not in ("一样", "有"))},
                 "no": {"en": _NO["en"], "zh": ("不一样", "没有") + _NO["zh"][2:]}},
 }
 # Words that contain a count numeral without naming a count ("三角形", "第一张", "一样").
@@ -404,11 +405,14 @@ QUESTIONS = {
         "en": {"train": ("Is there a {c} {s} in the picture?", "Can you see a {c} {s}?",
                          "Does the image contain a {c} {s}?", "Is there a {c} {s}?", "Is a {c} {s} drawn here?",
                          "Can you tell me if the picture has a {c} {s}?", "Please check for a {c} {s}.",
-                         "Do you see any {c} {s} in the image?"),
+                         "Do you see any {c} {s} in the image?", "Tell me if there is a {c} {s}.",
+                         "Is any {c} {s} shown?", "Check whether the picture has a {c} {s}.",
+                         "Has the image got a {c} {s} in it?"),
                "heldout": ("Do you spot any {c} {s} here?", "Tell me whether a {c} {s} is drawn.",
                            "Does a {c} {s} appear in this image?")},
         "zh": {"train": ("图中有{c}{s}吗？", "图片里有没有{c}{s}？", "你能看到{c}{s}吗？", "这张图里有{c}{s}吗？",
-                         "图上画了{c}{s}吗？", "请看看图中是否有{c}{s}。", "图里是不是有{c}{s}？", "图中能不能看到{c}{s}？"),
+                         "图上画了{c}{s}吗？", "请看看图中是否有{c}{s}。", "图里是不是有{c}{s}？", "图中能不能看到{c}{s}？",
+                         "图里画没画{c}{s}？", "告诉我图中有没有{c}{s}。", "这幅画里有{c}{s}吗？", "图上能看见{c}{s}吗？"),
                "heldout": ("画面中是否出现了{c}{s}？", "请判断图上是否画有{c}{s}。", "图片里能找到{c}{s}吗？")}},
     "compare": {
         "en": {"train": ("Do the two pictures have the same number of shapes?",
@@ -437,25 +441,11 @@ def count_phrase(n: int, lang: str) -> str:
     return f"{NAMES['en']['count'][n]} shape{'s' if n > 1 else ''}"
 
 
-def listed(pairs: list[tuple[str, str]], lang: str) -> str:
-    """(colour, shape) pairs as a list in words: "a red circle and a blue square", "红色圆形和蓝色正方形"."""
-    words = [named_pair(pair, lang) for pair in pairs]
-    if lang == "en":
-        words = [f"{'an' if w[0] in 'aeiou' else 'a'} {w}" for w in words]
-        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-    return words[0] if len(words) == 1 else "、".join(words[:-1]) + "和" + words[-1]
-
-
-def named_pair(pair: tuple[str, str], lang: str) -> str:
-    """A (colour, shape) pair in words, without an article: "red circle", "红色圆形"."""
-    colour, shape = NAMES[lang]["colour"][pair[0]], NAMES[lang]["shape"][pair[1]]
-    return f"{colour} {shape}" if lang == "en" else colour + shape
-
-
 def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=None, scene=None) -> str:
     """A reference reply naming exactly one value of its kind (tests check that the scorer agrees). The yes/no
-    kinds say what they looked at before the verdict (the shapes in the picture; both counts), as a small model
-    cannot hold the comparison in one token: answered first, its counts were right and its verdict a guess."""
+    kinds say what they looked at before the verdict, as a small model cannot hold the comparison in one token
+    (answered first, its counts were right and its verdict a guess): both counts; for "is there a red circle",
+    the shapes drawn in red, so the verdict compares one shape word with the question's."""
     en = lang == "en"
     if kind in ("shape", "colour"):
         name = NAMES[lang][kind][value]
@@ -470,15 +460,19 @@ def reply(rng: random.Random, kind: str, lang: str, value, pair=None, counts=Non
     if kind == "position":
         where = NAMES[lang]["position"][value]
         return rng.choice((f"{where.capitalize()}.", f"It is {where}.") if en else (f"在{where}。", f"它位于{where}。"))
-    if kind == "exists":
-        seen, thing = listed([(s.colour, s.kind) for s in reading_order(scene)], lang), listed([pair], lang)
+    if kind == "exists":  # the shapes drawn in the asked colour, then the verdict
+        c = NAMES[lang]["colour"][pair[0]]
+        found = [NAMES[lang]["shape"][s.kind] for s in reading_order(scene) if s.colour == pair[0]]
         if en:
-            if value == "yes":
-                return rng.choice((f"The picture shows {seen}, so yes.", f"I see {seen}. Yes, there is {thing}."))
-            return rng.choice((f"The picture shows {seen}, so no.",
-                               f"I see {seen}. There is no {named_pair(pair, lang)}, so no."))
-        return rng.choice((f"图中画着{seen}，所以有。", f"图里是{seen}，有{thing}。") if value == "yes" else
-                          (f"图中画着{seen}，所以没有。", f"图里是{seen}，没有{thing}。"))
+            if not found:
+                return rng.choice((f"Nothing in the picture is {c}, so no.", f"There is no {c} shape here, so no."))
+            kinds = " and ".join(f"a {k}" for k in found)
+            are = "shapes here are" if len(found) > 1 else "shape here is"
+            return rng.choice((f"The {c} {are} {kinds}, so {value}.", f"Drawn in {c}: {kinds}, so {value}."))
+        if not found:
+            return rng.choice((f"图中没有{c}的图形，所以没有。", f"图里没有{c}的形状，所以没有。"))
+        kinds, verdict = "和".join(found), "有" if value == "yes" else "没有"
+        return rng.choice((f"图中{c}的图形是{kinds}，所以{verdict}。", f"{c}的形状是{kinds}，所以{verdict}。"))
     if kind == "compare":
         a, b = (count_phrase(n, lang) for n in counts)
         if en:
@@ -498,7 +492,7 @@ def question(rng: random.Random, kind: str, lang: str, split: str, pair=None) ->
 
 
 def reading_order(scene: Scene) -> list[Shape]:
-    """The shapes row by row, left to right, as captions and yes/no replies list them."""
+    """The shapes row by row, left to right, as captions (and "is there a" replies) name them."""
     return sorted(scene.shapes, key=lambda s: ("top-left", "top-right", "center", "bottom-left",
                                                "bottom-right").index(s.region))
 

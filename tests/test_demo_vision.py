@@ -258,7 +258,8 @@ def test_scorer():
              ("red and blue", row("colour", "red")), ("There are 33 shapes.", row("count", "three")),
              ("三个或四个", row("count", "三", "zh")), ("top left or center", row("position", "top left")),
              ("No.", row("exists", "yes")), ("Yes and no.", row("exists", "yes")), ("没有。", row("exists", "有", "zh")),
-             ("不一样。", row("compare", "一样", "zh")), ("", row("colour", "red")), ("Fred", row("colour", "red"))]
+             ("不一样。", row("compare", "一样", "zh")), ("共有两个图形。", row("compare", "一样", "zh")),
+             ("", row("colour", "red")), ("Fred", row("colour", "red"))]
     assert [t for t, r in right if not is_correct_vlm(t, r)] == []
     assert [t for t, r in wrong if is_correct_vlm(t, r)] == []
 
