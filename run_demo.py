@@ -79,9 +79,9 @@ def demo_stages(args) -> list[Stage]:
                    "there a ..., do two pictures hold as many shapes), some multi-turn, some with two images; the "
                    "LLM and the projection train, the encoder stays frozen; one caption row is replayed per four "
                    "questions (--mix_path), or the stage forgets the shape names the captions taught. Yes/no "
-                   "replies first say what they looked at (the shapes; both counts), then the verdict. Held-out: "
-                   "fresh pictures, phrasings never seen in training, and colour/shape, position/shape and "
-                   "count/background combinations no training picture has."),
+                   "replies first say what they looked at (the shapes in the asked colour; both counts), then the "
+                   "verdict. Held-out: fresh pictures, phrasings never seen in training, and colour/shape, "
+                   "position/shape and count/background combinations no training picture has."),
         Stage("lora_identity", "train_lora.py", main + ["--lora_name", "identity", "--epochs", "2",
                                                         "--batch_size", "16", "--learning_rate", "4e-3", "--mix_path",
                                                         os.path.join(DEMO, "sft.jsonl"), "--mix_ratio", "3"]
